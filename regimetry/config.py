@@ -1,0 +1,515 @@
+"""Frozen, validated configuration dataclasses for data, model and training settings.
+
+Every config is a frozen dataclass validated on construction: an invalid value raises
+``ValueError`` whose message starts with the field name (``"DataConfig.window_size: ..."``), so
+that a mistake in a YAML file or a command-line override points at the field to fix.
+
+Configs load from YAML (``DataConfig.from_yaml("cfg.yaml", window_size=60)``), from a mapping
+(``from_dict``) and from ``key=value`` strings given on a command line (``parse_overrides``). A YAML
+file may hold one section per config (``data:``, ``model:``, ``train:``); ``from_yaml`` reads the
+section whose name matches the config (``DataConfig.section == "data"``) or, when there is no such
+section, the whole file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import yaml
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "load_yaml",
+    "parse_overrides",
+]
+
+
+def _err(cls_name: str, field: str, message: str) -> ValueError:
+    return ValueError(f"{cls_name}.{field}: {message}")
+
+
+class _ConfigBase:
+    """Shared loading, overriding and flattening for the frozen config dataclasses."""
+
+    section: ClassVar[str] = ""
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None, **overrides: Any):
+        """Build a config from a mapping plus keyword overrides (overrides win).
+
+        Raises:
+            ValueError: an unknown field (naming it and listing the valid ones) or an invalid value.
+        """
+        merged = dict(values or {})
+        merged.update(overrides)
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(merged) - names)
+        if unknown:
+            raise ValueError(
+                f"{cls.__name__}: unknown field(s) {unknown}; valid fields are {sorted(names)}"
+            )
+        hints = typing.get_type_hints(cls)
+        coerced = {k: _coerce(cls.__name__, k, v, hints[k]) for k, v in merged.items()}
+        return cls(**coerced)  # type: ignore[call-arg]
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any):
+        """Load the config from a YAML file (its ``section`` if present, else the whole file).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: the YAML does not parse, is not a mapping, or holds an invalid field.
+        """
+        document = load_yaml(path)
+        values = document.get(cls.section, document) if cls.section in document else document
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{path}: section '{cls.section}' must be a mapping, got {type(values).__name__}")
+        if cls.section not in document:
+            # A flat file may hold other sections' keys too; keep only ours.
+            names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+            other_sections = {"data", "model", "train", "study"}
+            values = {k: v for k, v in values.items() if k in names or k not in other_sections}
+        return cls.from_dict(values, **overrides)
+
+    def replace(self, **overrides: Any):
+        """Return a copy with ``overrides`` applied (validated like a new config)."""
+        return type(self).from_dict(self.to_dict(), **overrides)
+
+    # -- export -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python mapping of every field (tuples stay tuples)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def flat(self, prefix: str | None = None) -> dict[str, Any]:
+        """Flattened ``{"<section>.<field>": value}`` mapping, for experiment-tracking params.
+
+        Sequences are rendered as JSON strings so that every value is a scalar.
+        """
+        prefix = self.section if prefix is None else prefix
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, (tuple, list, dict)):
+                value = json.dumps(value, default=str)
+            out[f"{prefix}.{key}" if prefix else key] = value
+        return out
+
+
+def _coerce(cls_name: str, field: str, value: Any, hint: Any) -> Any:
+    """Coerce YAML / command-line values to the field's annotated type (lists -> tuples, etc.)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        for candidate in non_none:
+            try:
+                return _coerce(cls_name, field, value, candidate)
+            except (TypeError, ValueError):
+                continue
+        raise _err(cls_name, field, f"cannot interpret {value!r} as {hint}")
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise _err(cls_name, field, f"expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        if inner is Any or inner is Ellipsis:
+            return tuple(value)
+        return tuple(_coerce(cls_name, field, v, inner) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return value.lower() in {"true", "1", "yes"}
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise _err(cls_name, field, f"expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, bool):
+            raise _err(cls_name, field, f"expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise _err(cls_name, field, f"expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, bool):
+            raise _err(cls_name, field, f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise _err(cls_name, field, f"expected a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            # YAML parses 2013-01-02 into a date: keep the ISO string.
+            if hasattr(value, "isoformat"):
+                return value.isoformat()
+            raise _err(cls_name, field, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file does not parse or its top level is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(document).__name__}")
+    return document
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Parse ``section.field=value`` strings (``model.d_model=64``) into per-section dicts.
+
+    Values are parsed as YAML scalars/lists (``64`` -> int, ``[5,21]`` -> list, ``a=b`` -> "a=b").
+
+    Raises:
+        ValueError: an item without ``=`` or without a ``section.`` prefix.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected section.field=value")
+        key, raw = item.split("=", 1)
+        if "." not in key:
+            raise ValueError(f"override {item!r}: expected section.field=value (e.g. model.d_model=64)")
+        section, field = key.split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section.strip(), {})[field.strip()] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------------
+SOURCES = ("sp500", "nasdaq", "csv", "synthetic")
+DEFAULT_FEATURES = (
+    "log_return",
+    "abs_return",
+    "range",
+    "close_location",
+    "rv_5",
+    "rv_21",
+    "rv_63",
+    "volume_z",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_ConfigBase):
+    """Where the bars come from, which features and labels are built, and how they are split.
+
+    Args:
+        source: ``"sp500"`` / ``"nasdaq"`` (daily OHLCV 1999-01-04..2018-12-31 shipped in ``arch``),
+            ``"csv"`` (a user's bars + indicator signals, ``csv_path`` required) or ``"synthetic"``
+            (Markov-switching simulator with known regimes). Default ``"sp500"``.
+        csv_path: path of the CSV for ``source="csv"``.
+        timestamp_column: name of the CSV's timestamp column; ``None`` auto-detects one of
+            ``timestamp``, ``datetime``, ``date``, ``time`` (case-insensitive).
+        include_columns: CSV columns to keep as model inputs (besides OHLCV-derived features);
+            ``None`` keeps all.
+        exclude_columns: CSV columns to drop from the inputs.
+        features: bar features to compute (see ``regimetry.data.features``). Default: log return,
+            absolute return, high-low range, close location, realized vol over 5/21/63 bars,
+            volume z-score.
+        target: ``"forward_vol_regime"`` (forward realized-volatility regime), ``"true_regime"``
+            (synthetic source only) or ``"column:<name>"`` (a label column of the CSV). ``None``
+            picks ``true_regime`` for synthetic data and ``forward_vol_regime`` otherwise.
+        horizon: bars of forward realized volatility in the label (default 21 = one month).
+        num_regimes: number of volatility classes, cut at training-period quantiles (default 3).
+        window_size: bars per window, ``>= 1`` (default 30).
+        stride: bars between consecutive windows' last bars, ``>= 1`` (default 1).
+        train_fraction / val_fraction: chronological split by labelled-sample count; the test
+            split gets the rest. Ignored when ``val_start`` and ``test_start`` are given.
+        val_start / test_start: ISO dates starting the validation / test periods.
+        start / end: optional ISO dates restricting the bars used.
+        embargo: bars dropped at the start of validation and test beyond the purge, ``>= 0``;
+            ``None`` means ``horizon``.
+        num_folds: walk-forward (expanding window) folds for ``regimetry.data.prepare_folds``.
+        folds_start / folds_end: the period the folds' test blocks cover together (ISO dates);
+            ``None`` start means the first bar after the first 30 % of the samples.
+        synthetic_bars / synthetic_seed: length and seed of the simulated path.
+    """
+
+    section: ClassVar[str] = "data"
+
+    source: str = "sp500"
+    csv_path: str | None = None
+    timestamp_column: str | None = None
+    include_columns: tuple[str, ...] | None = None
+    exclude_columns: tuple[str, ...] = ()
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    target: str | None = None
+    horizon: int = 21
+    num_regimes: int = 3
+    window_size: int = 30
+    stride: int = 1
+    train_fraction: float = 0.70
+    val_fraction: float = 0.15
+    val_start: str | None = None
+    test_start: str | None = None
+    start: str | None = None
+    end: str | None = None
+    embargo: int | None = None
+    num_folds: int = 5
+    folds_start: str | None = "2004-01-01"
+    folds_end: str | None = None
+    synthetic_bars: int = 6000
+    synthetic_seed: int = 0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.source not in SOURCES:
+            raise _err(name, "source", f"expected one of {list(SOURCES)}, got {self.source!r}")
+        if self.source == "csv" and not self.csv_path:
+            raise _err(name, "csv_path", "required when source='csv'")
+        for field in ("horizon", "num_regimes", "window_size", "stride", "num_folds", "synthetic_bars"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise _err(name, field, f"must be a positive integer, got {value!r}")
+        if self.num_regimes < 2:
+            raise _err(name, "num_regimes", f"must be >= 2, got {self.num_regimes}")
+        if self.embargo is not None and (not isinstance(self.embargo, int) or self.embargo < 0):
+            raise _err(name, "embargo", f"must be a non-negative integer or None, got {self.embargo!r}")
+        for field in ("train_fraction", "val_fraction"):
+            value = getattr(self, field)
+            if not (isinstance(value, (int, float)) and 0.0 < value < 1.0):
+                raise _err(name, field, f"must lie in (0, 1), got {value!r}")
+        if self.train_fraction + self.val_fraction >= 1.0:
+            raise _err(
+                name,
+                "val_fraction",
+                f"train_fraction + val_fraction must be < 1 to leave a test split, got "
+                f"{self.train_fraction} + {self.val_fraction}",
+            )
+        if (self.val_start is None) != (self.test_start is None):
+            raise _err(name, "val_start", "give both val_start and test_start, or neither")
+        for field in ("val_start", "test_start", "start", "end", "folds_start", "folds_end"):
+            value = getattr(self, field)
+            if value is not None:
+                _check_date(name, field, value)
+        if self.val_start is not None and self.test_start is not None and self.val_start >= self.test_start:
+            raise _err(name, "test_start", f"must come after val_start ({self.val_start}), got {self.test_start}")
+        target = self.resolved_target
+        if target == "true_regime" and self.source != "synthetic":
+            raise _err(name, "target", "'true_regime' exists only for source='synthetic'")
+        if not (target in ("forward_vol_regime", "true_regime") or target.startswith("column:")):
+            raise _err(
+                name, "target", f"expected 'forward_vol_regime', 'true_regime' or 'column:<name>', got {target!r}"
+            )
+        if target.startswith("column:") and (self.source != "csv" or not target[len("column:"):]):
+            raise _err(name, "target", "'column:<name>' needs source='csv' and a column name")
+        if not self.features and self.source != "csv":
+            raise _err(name, "features", "at least one feature is needed")
+
+    @property
+    def resolved_target(self) -> str:
+        """The label definition in force (``target`` with ``None`` resolved by source)."""
+        if self.target is None:
+            return "true_regime" if self.source == "synthetic" else "forward_vol_regime"
+        return self.target
+
+    @property
+    def resolved_embargo(self) -> int:
+        """Embargo in bars (``embargo`` with ``None`` resolved to ``horizon``)."""
+        return self.horizon if self.embargo is None else self.embargo
+
+    @property
+    def dataset_name(self) -> str:
+        """Short dataset tag for tracking: ``sp500``, ``nasdaq``, ``synthetic`` or ``csv:<file>``."""
+        return f"csv:{Path(self.csv_path).name}" if self.source == "csv" and self.csv_path else self.source
+
+
+def _check_date(cls_name: str, field: str, value: str) -> None:
+    import datetime as _dt
+
+    try:
+        _dt.date.fromisoformat(str(value)[:10])
+    except ValueError:
+        raise _err(cls_name, field, f"expected an ISO date YYYY-MM-DD, got {value!r}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------------
+POSITIONAL_ENCODINGS = ("sinusoidal", "learnable", "none")
+ENCODING_STYLES = ("interleaved", "stacked")
+ATTENTION_MASKS = ("none", "causal")
+POOLINGS = ("mean", "max", "cls", "last", "attention")
+ACTIVATIONS = ("gelu", "relu", "swish", "tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_ConfigBase):
+    """Architecture of the Transformer regime classifier.
+
+    Args:
+        d_model: width of the residual stream (the input projection's units), ``>= 1``. Default 32.
+        num_heads: attention heads per block, ``>= 1``. Default 4.
+        key_dim: size of each head's queries/keys; ``None`` means ``d_model // num_heads``.
+        ff_dim: hidden units of each block's feed-forward network. Default 64.
+        num_layers: encoder depth (number of blocks), ``>= 1``. Default 2.
+        dropout: dropout rate in ``[0, 1)`` for attention weights, residual branches and the head.
+        positional_encoding: ``"sinusoidal"`` (Vaswani et al., 2017), ``"learnable"`` (a trained
+            table) or ``"none"`` (control arm). Default ``"sinusoidal"``.
+        encoding_style: for sinusoidal encodings, ``"interleaved"`` (sin/cos alternate across
+            channels, as in the paper's equation) or ``"stacked"`` (all sines then all cosines).
+        max_wavelength: the 10000 of the paper's equation.
+        attention_mask: ``"none"`` (every step sees every step) or ``"causal"`` (look-ahead mask:
+            step t sees steps <= t only).
+        pooling: ``"mean"``, ``"max"``, ``"cls"``, ``"last"`` or ``"attention"``.
+        head_units: hidden layer sizes of the MLP head before the softmax (``()`` = linear head).
+        norm_first: pre-layer-norm blocks (``True``) or post-norm as in the paper (``False``).
+        activation: feed-forward activation. Default ``"gelu"``.
+
+    Raises:
+        ValueError: a value out of range, naming the field. ``pooling="cls"`` with
+            ``attention_mask="causal"`` is allowed: under a look-ahead mask the model places the
+            CLS token after the last step, so that it sees the whole window (``regimetry.models``).
+    """
+
+    section: ClassVar[str] = "model"
+
+    d_model: int = 32
+    num_heads: int = 4
+    key_dim: int | None = None
+    ff_dim: int = 64
+    num_layers: int = 2
+    dropout: float = 0.1
+    positional_encoding: str = "sinusoidal"
+    encoding_style: str = "interleaved"
+    max_wavelength: float = 10000.0
+    attention_mask: str = "none"
+    pooling: str = "mean"
+    head_units: tuple[int, ...] = ()
+    norm_first: bool = False
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for field in ("d_model", "num_heads", "ff_dim", "num_layers"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise _err(name, field, f"must be a positive integer, got {value!r}")
+        if self.key_dim is not None and (not isinstance(self.key_dim, int) or self.key_dim <= 0):
+            raise _err(name, "key_dim", f"must be a positive integer or None, got {self.key_dim!r}")
+        if self.key_dim is None and self.d_model // self.num_heads < 1:
+            raise _err(
+                name, "num_heads", f"d_model ({self.d_model}) // num_heads ({self.num_heads}) is 0; set key_dim"
+            )
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise _err(name, "dropout", f"must lie in [0, 1), got {self.dropout!r}")
+        for field, allowed in (
+            ("positional_encoding", POSITIONAL_ENCODINGS),
+            ("encoding_style", ENCODING_STYLES),
+            ("attention_mask", ATTENTION_MASKS),
+            ("pooling", POOLINGS),
+            ("activation", ACTIVATIONS),
+        ):
+            if getattr(self, field) not in allowed:
+                raise _err(name, field, f"expected one of {list(allowed)}, got {getattr(self, field)!r}")
+        if not (self.max_wavelength > 1):
+            raise _err(name, "max_wavelength", f"must be > 1, got {self.max_wavelength!r}")
+        for units in self.head_units:
+            if not isinstance(units, int) or units <= 0:
+                raise _err(name, "head_units", f"every entry must be a positive integer, got {self.head_units!r}")
+
+    @property
+    def resolved_key_dim(self) -> int:
+        """``key_dim`` with ``None`` resolved to ``d_model // num_heads``."""
+        return self.key_dim if self.key_dim is not None else self.d_model // self.num_heads
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+MONITORS = ("val_balanced_accuracy", "val_loss", "val_macro_f1", "val_accuracy")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_ConfigBase):
+    """How a classifier is fitted.
+
+    Args:
+        learning_rate: AdamW learning rate (> 0). Default 1e-3.
+        weight_decay: AdamW decoupled weight decay (>= 0). Default 1e-4.
+        batch_size: windows per step (>= 1). Default 64.
+        max_epochs: upper bound on epochs (>= 1). Default 30.
+        patience: epochs without improvement of ``monitor`` before early stopping (>= 1);
+            the best epoch's weights are restored.
+        monitor: validation metric for early stopping / pruning, one of ``val_balanced_accuracy``
+            (default), ``val_macro_f1``, ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
+        class_weight: ``"none"`` or ``"balanced"`` (inverse training-class frequency).
+        label_smoothing: in ``[0, 1)``. Default 0.
+        clipnorm: gradient norm clip (``None`` = off).
+        seed: seeds Python, NumPy and Keras (one seed controls all three).
+    """
+
+    section: ClassVar[str] = "train"
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 30
+    patience: int = 5
+    monitor: str = "val_balanced_accuracy"
+    class_weight: str = "balanced"
+    label_smoothing: float = 0.0
+    clipnorm: float | None = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise _err(name, "learning_rate", f"must be a positive number, got {self.learning_rate!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise _err(name, "weight_decay", f"must be >= 0, got {self.weight_decay!r}")
+        for field in ("batch_size", "max_epochs", "patience"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise _err(name, field, f"must be a positive integer, got {value!r}")
+        if self.monitor not in MONITORS:
+            raise _err(name, "monitor", f"expected one of {list(MONITORS)}, got {self.monitor!r}")
+        if self.class_weight not in ("none", "balanced"):
+            raise _err(name, "class_weight", f"expected 'none' or 'balanced', got {self.class_weight!r}")
+        if not (0.0 <= self.label_smoothing < 1.0):
+            raise _err(name, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing!r}")
+        if self.clipnorm is not None and not self.clipnorm > 0:
+            raise _err(name, "clipnorm", f"must be > 0 or None, got {self.clipnorm!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise _err(name, "seed", f"must be an integer, got {self.seed!r}")
+
+    @property
+    def monitor_mode(self) -> str:
+        """``"min"`` for ``val_loss``, ``"max"`` for the others."""
+        return "min" if self.monitor == "val_loss" else "max"

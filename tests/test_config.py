@@ -1,0 +1,68 @@
+import pytest
+
+from regimetry.config import DataConfig, ModelConfig, TrainConfig, parse_overrides
+
+
+def test_defaults_construct_and_flatten():
+    data = DataConfig()
+    assert data.source == "sp500" and data.resolved_target == "forward_vol_regime"
+    assert DataConfig(source="synthetic").resolved_target == "true_regime"
+    flat = data.flat()
+    assert flat["data.window_size"] == 30
+    assert all(not isinstance(v, (list, tuple, dict)) for v in flat.values())
+    assert ModelConfig().resolved_key_dim == 8
+
+
+@pytest.mark.parametrize(
+    "cls, field, value",
+    [
+        (DataConfig, "window_size", 0),
+        (DataConfig, "stride", -1),
+        (DataConfig, "source", "bloomberg"),
+        (DataConfig, "val_fraction", 0.4),
+        (DataConfig, "val_start", "not-a-date"),
+        (ModelConfig, "num_heads", 0),
+        (ModelConfig, "pooling", "median"),
+        (ModelConfig, "dropout", 1.0),
+        (TrainConfig, "learning_rate", 0.0),
+        (TrainConfig, "monitor", "val_auc"),
+    ],
+)
+def test_invalid_value_names_the_field(cls, field, value):
+    kwargs = {field: value}
+    if field == "val_start":
+        kwargs["test_start"] = "2015-01-01"
+    with pytest.raises(ValueError, match=rf"{cls.__name__}\.{field}|{field}"):
+        cls(**kwargs)
+
+
+def test_unknown_field_is_named():
+    with pytest.raises(ValueError, match="windowsize"):
+        DataConfig.from_dict({"windowsize": 5})
+
+
+def test_yaml_sections_and_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("data:\n  window_size: 60\n  exclude_columns: [a, b]\nmodel:\n  d_model: 48\n")
+    data = DataConfig.from_yaml(path, stride=2)
+    assert (data.window_size, data.stride, data.exclude_columns) == (60, 2, ("a", "b"))
+    assert ModelConfig.from_yaml(path).d_model == 48
+    assert TrainConfig.from_yaml(path) == TrainConfig()
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        DataConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_frozen_and_replace():
+    cfg = ModelConfig()
+    with pytest.raises(Exception):
+        cfg.d_model = 3  # type: ignore[misc]
+    assert cfg.replace(d_model=64).d_model == 64
+    with pytest.raises(ValueError, match="d_model"):
+        cfg.replace(d_model=-1)
+
+
+def test_parse_overrides_types():
+    out = parse_overrides(["model.d_model=64", "data.features=[a, b]", "data.csv_path=x=y.csv"])
+    assert out == {"model": {"d_model": 64}, "data": {"features": ["a", "b"], "csv_path": "x=y.csv"}}
+    with pytest.raises(ValueError, match="section.field=value"):
+        parse_overrides(["d_model=3"])
