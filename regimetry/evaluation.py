@@ -1,0 +1,267 @@
+"""Statistics of record for comparisons: seed intervals, block bootstrap, paired differences, verdicts.
+
+Regime labels are strongly autocorrelated (a forward-volatility label at t shares ``horizon - 1`` bars
+with the label at t + 1), so an i.i.d. bootstrap over windows understates uncertainty. Intervals here
+resample *blocks* of consecutive windows with the circular block bootstrap of Politis & Romano (1992),
+as implemented in ``arch.bootstrap.CircularBlockBootstrap``; the block length should be at least the
+label horizon (in windows).
+
+Predictions of several seeds are carried as a 2-D array ``(n_windows, n_seeds)`` of class ids (or
+``(n_windows, n_seeds, n_classes)`` of probabilities for log loss). In every bootstrap replicate the
+metric is computed per seed on the resampled windows and averaged over seeds, so an interval covers the
+sampling uncertainty of the test data for the seed-averaged model; the spread over seeds is reported
+separately by :func:`mean_ci`.
+
+References:
+    Politis, D. N. and Romano, J. P. (1992). A circular block-resampling procedure for stationary data.
+    Künsch, H. R. (1989). The jackknife and the bootstrap for general stationary observations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+from arch.bootstrap import CircularBlockBootstrap
+from scipy import stats
+from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
+
+__all__ = [
+    "METRICS",
+    "HIGHER_IS_BETTER",
+    "Interval",
+    "mean_ci",
+    "seed_averaged_metric",
+    "block_bootstrap_ci",
+    "paired_block_bootstrap",
+    "verdict",
+]
+
+
+def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    # sklearn warns (and ignores) classes absent from y_true; that is what we want on a resample.
+    return float(balanced_accuracy_score(y, pred))
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    return float(f1_score(y, pred, average="macro", labels=np.arange(num_classes), zero_division=0))
+
+
+def _accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
+    return float(np.mean(y == pred))
+
+
+def _log_loss(y: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    return float(log_loss(y, np.clip(probs, 1e-7, 1.0), labels=np.arange(num_classes)))
+
+
+#: metric name -> (function(y_true, predictions, num_classes), needs probabilities)
+METRICS: dict[str, tuple[Callable[[np.ndarray, np.ndarray, int], float], bool]] = {
+    "balanced_accuracy": (_balanced_accuracy, False),
+    "macro_f1": (_macro_f1, False),
+    "accuracy": (_accuracy, False),
+    "log_loss": (_log_loss, True),
+}
+HIGHER_IS_BETTER = {"balanced_accuracy": True, "macro_f1": True, "accuracy": True, "log_loss": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided interval.
+
+    Attributes:
+        estimate: the statistic on the original data (for differences: A minus B).
+        lower, upper: interval bounds at ``level``.
+        level: coverage, e.g. 0.95.
+        n: windows (bootstrap) or seeds (t-interval) behind it.
+    """
+
+    estimate: float
+    lower: float
+    upper: float
+    level: float = 0.95
+    n: int = 0
+
+    @property
+    def half_width(self) -> float:
+        return (self.upper - self.lower) / 2.0
+
+    def excludes_zero(self) -> bool:
+        return self.lower > 0.0 or self.upper < 0.0
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}estimate": self.estimate, f"{prefix}ci_low": self.lower, f"{prefix}ci_high": self.upper}
+
+    def __str__(self) -> str:
+        return f"{self.estimate:.3f} [{self.lower:.3f}, {self.upper:.3f}]"
+
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, Interval]:
+    """Mean, sample standard deviation and Student-t interval of the mean over seeds.
+
+    Args:
+        values: 1-D sequence of per-seed metric values (NaNs are dropped).
+        level: interval coverage (default 0.95).
+
+    Returns:
+        ``(mean, std, Interval)``; with one value the interval has zero width and std is NaN.
+
+    Raises:
+        ValueError: no finite value.
+    """
+    arr = np.asarray(values, dtype=float)
+    arr = arr[np.isfinite(arr)]
+    if arr.size == 0:
+        raise ValueError("mean_ci: no finite values")
+    mean = float(arr.mean())
+    if arr.size == 1:
+        return mean, float("nan"), Interval(mean, mean, mean, level, 1)
+    std = float(arr.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2.0, arr.size - 1) * std / np.sqrt(arr.size))
+    return mean, std, Interval(mean, mean - half, mean + half, level, int(arr.size))
+
+
+def _as_seed_stack(predictions: np.ndarray, needs_probs: bool) -> np.ndarray:
+    arr = np.asarray(predictions)
+    if needs_probs:
+        if arr.ndim == 2:
+            arr = arr[:, None, :]
+        if arr.ndim != 3:
+            raise ValueError(f"probabilities must be (n, n_classes) or (n, n_seeds, n_classes), got {arr.shape}")
+    else:
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2:
+            raise ValueError(f"class predictions must be (n,) or (n, n_seeds), got {arr.shape}")
+    return arr
+
+
+def seed_averaged_metric(metric: str, y_true: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """The metric computed per seed and averaged over seeds.
+
+    Args:
+        metric: a key of :data:`METRICS`.
+        y_true: int array ``(n,)``.
+        predictions: class ids ``(n,)`` / ``(n, n_seeds)``, or for ``log_loss`` probabilities
+            ``(n, n_classes)`` / ``(n, n_seeds, n_classes)``.
+        num_classes: number of regimes.
+
+    Raises:
+        ValueError: unknown metric or a shape mismatch.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(METRICS)}")
+    func, needs_probs = METRICS[metric]
+    stack = _as_seed_stack(predictions, needs_probs)
+    y_true = np.asarray(y_true)
+    if stack.shape[0] != y_true.shape[0]:
+        raise ValueError(f"{metric}: {stack.shape[0]} predictions for {y_true.shape[0]} labels")
+    return float(np.mean([func(y_true, stack[:, s], num_classes) for s in range(stack.shape[1])]))
+
+
+def _check_block_length(block_length: int, n: int) -> int:
+    if not isinstance(block_length, (int, np.integer)) or block_length < 1:
+        raise ValueError(f"block_length must be a positive integer (windows), got {block_length!r}")
+    if n < 2:
+        raise ValueError(f"block bootstrap needs at least 2 windows, got {n}")
+    return int(min(block_length, n))
+
+
+def block_bootstrap_ci(
+    metric: str,
+    y_true: np.ndarray,
+    predictions: np.ndarray,
+    num_classes: int,
+    *,
+    block_length: int,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Circular block-bootstrap percentile interval of a (seed-averaged) metric.
+
+    Args:
+        metric: ``balanced_accuracy``, ``macro_f1``, ``accuracy`` or ``log_loss``.
+        y_true: int array ``(n,)`` of true regimes, in time order.
+        predictions: see :func:`seed_averaged_metric`.
+        num_classes: number of regimes.
+        block_length: windows per block; use at least the label horizon (bars / stride).
+        n_boot: bootstrap replicates. level: interval coverage. seed: resampling seed.
+
+    Returns:
+        :class:`Interval` whose estimate is the metric on the original data.
+    """
+    y_true = np.asarray(y_true)
+    block = _check_block_length(block_length, y_true.shape[0])
+    _, needs_probs = METRICS[metric] if metric in METRICS else (None, False)
+    stack = _as_seed_stack(predictions, needs_probs)
+    estimate = seed_averaged_metric(metric, y_true, stack, num_classes)
+    bs = CircularBlockBootstrap(block, y_true, stack, seed=np.random.default_rng(seed))
+    reps = bs.apply(lambda y, p: np.array([seed_averaged_metric(metric, y, p, num_classes)]), reps=n_boot)[:, 0]
+    lo, hi = np.quantile(reps, [0.5 - level / 2.0, 0.5 + level / 2.0])
+    return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]))
+
+
+def paired_block_bootstrap(
+    metric: str,
+    y_true: np.ndarray,
+    predictions_a: np.ndarray,
+    predictions_b: np.ndarray,
+    num_classes: int,
+    *,
+    block_length: int,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Paired circular block-bootstrap interval of ``metric(A) - metric(B)`` on the same windows.
+
+    Both models are scored on the *same* resampled blocks in each replicate, so the interval reflects
+    how much the difference (not each score) varies. Identical predictions give a zero-width interval
+    at 0; a constant gap is recovered exactly when it holds in every block.
+
+    Args:
+        predictions_a, predictions_b: predictions of the two models on the same windows (shapes as in
+            :func:`seed_averaged_metric`; the numbers of seeds may differ).
+        Others: as in :func:`block_bootstrap_ci`.
+
+    Returns:
+        :class:`Interval` of A minus B.
+    """
+    y_true = np.asarray(y_true)
+    block = _check_block_length(block_length, y_true.shape[0])
+    needs_probs = METRICS[metric][1] if metric in METRICS else False
+    a = _as_seed_stack(predictions_a, needs_probs)
+    b = _as_seed_stack(predictions_b, needs_probs)
+    if a.shape[0] != y_true.shape[0] or b.shape[0] != y_true.shape[0]:
+        raise ValueError(
+            f"paired bootstrap needs both models on the same windows: labels {y_true.shape[0]}, "
+            f"A {a.shape[0]}, B {b.shape[0]}"
+        )
+
+    def diff(y, pa, pb):
+        return np.array(
+            [seed_averaged_metric(metric, y, pa, num_classes) - seed_averaged_metric(metric, y, pb, num_classes)]
+        )
+
+    estimate = float(diff(y_true, a, b)[0])
+    bs = CircularBlockBootstrap(block, y_true, a, b, seed=np.random.default_rng(seed))
+    reps = bs.apply(diff, reps=n_boot)[:, 0]
+    lo, hi = np.quantile(reps, [0.5 - level / 2.0, 0.5 + level / 2.0])
+    return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]))
+
+
+def verdict(name_a: str, name_b: str, metric: str, difference: Interval) -> str:
+    """One line stating the comparison: a winner only when the paired interval excludes zero.
+
+    Returns e.g. ``"learnable better than none on balanced_accuracy: +0.031 [0.012, 0.050]"`` or
+    ``"no detectable difference between learnable and none on balanced_accuracy: +0.004 [-0.020, 0.027]"``.
+    For ``log_loss`` lower is better, so a negative difference means A is better.
+    """
+    text = f"{difference.estimate:+.3f} [{difference.lower:+.3f}, {difference.upper:+.3f}]"
+    if not difference.excludes_zero():
+        return f"no detectable difference between {name_a} and {name_b} on {metric}: {text}"
+    a_better = (difference.estimate > 0) == HIGHER_IS_BETTER.get(metric, True)
+    winner, loser = (name_a, name_b) if a_better else (name_b, name_a)
+    return f"{winner} better than {loser} on {metric}: {name_a} - {name_b} = {text}"

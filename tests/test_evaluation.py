@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+from regimetry.evaluation import (
+    block_bootstrap_ci,
+    mean_ci,
+    paired_block_bootstrap,
+    seed_averaged_metric,
+    verdict,
+)
+
+
+def _labels(n=420, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    # persistent regimes in runs of 20 windows, like real labels
+    return np.repeat(rng.integers(0, k, size=n // 20 + 1), 20)[:n]
+
+
+def test_identical_predictions_give_zero_width_paired_interval():
+    y = _labels()
+    pred = np.where(np.random.default_rng(1).random(y.size) < 0.7, y, (y + 1) % 3)
+    diff = paired_block_bootstrap("balanced_accuracy", y, pred, pred.copy(), 3, block_length=21, n_boot=200)
+    assert diff.estimate == diff.lower == diff.upper == 0.0
+    assert verdict("a", "b", "balanced_accuracy", diff).startswith("no detectable difference")
+
+
+def test_constant_accuracy_difference_is_recovered():
+    # A is right everywhere; B is wrong on exactly one window of every block of 10 aligned to the
+    # bootstrap blocks, so every resample keeps the gap at exactly 0.1.
+    y = _labels(n=400)
+    a = y.copy()
+    b = y.copy()
+    b[::10] = (y[::10] + 1) % 3
+    diff = paired_block_bootstrap("accuracy", y, a, b, 3, block_length=10, n_boot=300, seed=3)
+    assert diff.estimate == pytest.approx(0.1)
+    # circular blocks start anywhere, so each resampled block of 10 still holds exactly one error
+    assert diff.lower == pytest.approx(0.1) and diff.upper == pytest.approx(0.1)
+    assert verdict("A", "B", "accuracy", diff).startswith("A better than B")
+
+
+def test_block_interval_covers_estimate_and_widens_with_blocks():
+    y = _labels(n=600, seed=4)
+    rng = np.random.default_rng(5)
+    # errors come in runs of 30 windows (as a regime model's do), so i.i.d. resampling understates them
+    wrong_runs = np.repeat(rng.random(y.size // 30 + 1) < 0.4, 30)[: y.size]
+    pred = np.where(wrong_runs, (y + 1) % 3, y)
+    short = block_bootstrap_ci("balanced_accuracy", y, pred, 3, block_length=1, n_boot=400, seed=0)
+    long = block_bootstrap_ci("balanced_accuracy", y, pred, 3, block_length=60, n_boot=400, seed=0)
+    for ci in (short, long):
+        assert ci.lower <= ci.estimate <= ci.upper
+    
+    assert long.upper - long.lower > short.upper - short.lower
+
+
+def test_seed_stack_and_log_loss_lower_is_better():
+    y = _labels(n=200)
+    good = np.full((y.size, 2, 3), 0.05)
+    good[np.arange(y.size), :, y] = 0.9
+    bad = np.full((y.size, 3), 1 / 3)
+    assert seed_averaged_metric("log_loss", y, good, 3) < seed_averaged_metric("log_loss", y, bad, 3)
+    diff = paired_block_bootstrap("log_loss", y, good, bad, 3, block_length=20, n_boot=100)
+    assert diff.upper < 0
+    assert verdict("good", "bad", "log_loss", diff).startswith("good better than bad")
+
+
+def test_mean_ci_t_interval():
+    mean, std, ci = mean_ci([0.4, 0.5, 0.6])
+    assert mean == pytest.approx(0.5) and std == pytest.approx(0.1)
+    assert ci.half_width == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+    with pytest.raises(ValueError):
+        mean_ci([float("nan")])
+
+
+def test_bad_inputs_are_named():
+    y = _labels(n=50)
+    with pytest.raises(ValueError, match="block_length"):
+        block_bootstrap_ci("accuracy", y, y, 3, block_length=0)
+    with pytest.raises(ValueError, match="same windows"):
+        paired_block_bootstrap("accuracy", y, y, y[:-1], 3, block_length=5)
+    with pytest.raises(ValueError, match="unknown metric"):
+        seed_averaged_metric("auc", y, y, 3)
