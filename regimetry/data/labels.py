@@ -119,8 +119,9 @@ def encode_column_labels(
         where the value is not a training class and no sample uses it) and the class names.
 
     Raises:
-        ValueError: a validation/test sample whose value never occurs in training, naming the
-            column, the timestamp and the file line (header = line 1).
+        ValueError: a single class among the training samples; a validation/test sample whose
+            value never occurs in training, naming the column, the timestamp and the file line
+            (header = line 1).
     """
     train_values = values.iloc[train_positions].dropna()
     classes = sorted(pd.unique(train_values).tolist())
@@ -128,14 +129,21 @@ def encode_column_labels(
         names = [str(int(c)) if float(c).is_integer() else str(c) for c in classes]
     else:
         names = [str(c) for c in classes]
+    if len(classes) < 2:
+        raise ValueError(
+            f"label column {column!r}: the training split holds a single class ({names}, {len(train_values)} "
+            f"samples); a classifier needs at least two; use a longer training period"
+        )
     mapping = {c: i for i, c in enumerate(classes)}
     codes = np.array([mapping.get(v, np.nan) if pd.notna(v) else np.nan for v in values.tolist()], dtype=np.float64)
     other = np.asarray(other_positions, dtype=np.int64)
     unseen = other[np.isnan(codes[other]) & values.iloc[other].notna().to_numpy()]
     if unseen.size:
         p = int(unseen[0])
+        value = values.iloc[p]
+        shown = str(int(value)) if values.dtype.kind == "f" and float(value).is_integer() else str(value)
         raise ValueError(
-            f"label column {column!r}: value {values.iloc[p]!r} at {values.index[p]} ({_line(p)}) is in the "
+            f"label column {column!r}: value {shown!r} at {values.index[p]} ({_line(p)}) is in the "
             f"validation/test period but never occurs in the training period (training classes: {names})"
         )
     return codes, names

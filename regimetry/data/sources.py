@@ -1,0 +1,521 @@
+"""Offline data sources: S&P 500 / NASDAQ (shipped in ``arch``), a user's CSV, the simulator.
+
+Every source becomes a :class:`SourceData`: raw bars with lower-case ``open, high, low, close,
+volume`` (where available) and ``log_return`` on a sorted, unique ``DatetimeIndex``, plus the
+user's extra input columns with their kind, and the label column or true regimes where relevant.
+Nothing here is fitted.
+
+CSV format (the format regimetry users keep): one header line, then one row per bar.
+
+* Timestamp column: ``DataConfig.timestamp_column`` or the first of ``timestamp``, ``datetime``,
+  ``date``, ``time`` (case-insensitive). Naive or tz-aware (one UTC offset for the whole file).
+  ISO 8601 is parsed first; other formats are inferred from the first value. Timestamps must be
+  strictly increasing: unsorted or duplicate timestamps are rejected (never silently sorted),
+  naming the first offending line.
+* Bar columns (case-insensitive): ``open``, ``high``, ``low``, ``close``, ``adj close`` /
+  ``adj_close`` / ``adjclose``, ``volume``. Returns use the adjusted close if present, else close.
+  Present price columns must be complete, finite and positive, ``high >= low``, volume finite and
+  ``>= 0``. Which bar features can be computed depends on the columns present; requested features
+  whose columns are missing are skipped with a warning.
+* Every other column (after ``include_columns`` / ``exclude_columns``, minus the label column) is
+  an input, classified from its non-blank values:
+
+  - **boolean** if >= 90 % are ``true/false`` (any case); encoded 1/0, blank = missing;
+  - **numeric** if >= 90 % parse as numbers; blank and ``NA``, ``N/A``, ``NaN``, ``null``,
+    ``None`` count as missing;
+  - **categorical** otherwise: every distinct string is a category, *including* ``"None"``,
+    ``"NA"`` and ``"null"``; only blank cells are missing (they become the category ``"(blank)"``).
+
+  The file is read with every cell as a raw string (``dtype=str, keep_default_na=False``), so
+  pandas never turns ``"None"`` into NaN, and the result is the same under pandas' ``str`` dtype
+  and ``object`` dtype. A value in a boolean/numeric column that does not parse, or ``inf``, is an
+  error naming the column, line and value. An all-blank column is an error (exclude it).
+  Line numbers count the header as line 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from regimetry.config import DataConfig
+from regimetry.data import features as _features
+from regimetry.data.synthetic import MarkovSwitchingParams, hamilton_filter, simulate_markov_switching
+
+__all__ = [
+    "SourceData",
+    "RegimetryDataWarning",
+    "load_source",
+    "load_bars",
+    "read_csv_raw",
+    "source_from_frame",
+    "TIMESTAMP_CANDIDATES",
+]
+
+TIMESTAMP_CANDIDATES = ("timestamp", "datetime", "date", "time")
+_BAR_ALIASES = {
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
+    "adj close": "adj_close",
+    "adj_close": "adj_close",
+    "adjclose": "adj_close",
+    "adjusted close": "adj_close",
+    "volume": "volume",
+}
+_BOOL_TOKENS = {"true": 1.0, "false": 0.0}
+_NUMERIC_MISSING = {"na", "n/a", "nan", "null", "none", "#n/a"}
+_KIND_SHARE = 0.9
+_OFFSET_RE = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+
+
+class RegimetryDataWarning(UserWarning):
+    """A data issue handled by a documented rule (a dropped constant column, a skipped feature)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceData:
+    """A loaded source, before any fitting.
+
+    Attributes:
+        name: dataset tag (``DataConfig.dataset_name``).
+        bars: DataFrame on a strictly increasing ``DatetimeIndex`` with lower-case bar columns
+            (``open, high, low, close, adj_close, volume`` where available) and ``log_return``.
+        inputs: extra input columns aligned with ``bars`` (numeric as float64, boolean as
+            1.0/0.0/NaN, categorical as object strings with NaN for blank).
+        kinds: column -> ``"numeric"``, ``"boolean"`` or ``"categorical"`` for ``inputs``.
+        label_values: raw label column for ``target="column:<name>"`` (float or object, NaN = none).
+        regimes: int64 true regimes per bar (synthetic source), else ``None``.
+        extras: source-specific extras (synthetic: ``params``, ``true_regimes``, ``filter_posterior``).
+        path: the CSV path (``None`` for other sources).
+    """
+
+    name: str
+    bars: pd.DataFrame
+    inputs: pd.DataFrame
+    kinds: dict[str, str]
+    label_values: pd.Series | None = None
+    regimes: np.ndarray | None = None
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    path: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _line(i: int) -> str:
+    return f"line {i + 2}"
+
+
+def _cells(series: pd.Series) -> list[str | None]:
+    """Raw cells as stripped strings (None = blank), independent of object / str / bool dtype."""
+    out: list[str | None] = []
+    for v in series.astype(object).tolist():
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+            out.append(None)
+        else:
+            s = str(v).strip()
+            out.append(s if s else None)
+    return out
+
+
+def _to_float(cells: list[str | None], where: str, column: str, index: pd.Index | None) -> np.ndarray:
+    out = np.full(len(cells), np.nan)
+    for i, c in enumerate(cells):
+        if c is None or c.lower() in _NUMERIC_MISSING:
+            continue
+        try:
+            value = float(c)
+        except ValueError:
+            stamp = f" ({index[i]})" if index is not None else ""
+            raise ValueError(
+                f"{where}: column {column!r}, {_line(i)}{stamp}: {c!r} is not a number (the column is numeric)"
+            ) from None
+        if not np.isfinite(value):
+            stamp = f" ({index[i]})" if index is not None else ""
+            raise ValueError(f"{where}: column {column!r}, {_line(i)}{stamp}: {c!r} is not finite (inf/nan not allowed)")
+        out[i] = value
+    return out
+
+
+def _is_number(c: str) -> bool:
+    try:
+        float(c)
+        return True
+    except ValueError:
+        return False
+
+
+def _classify(cells: list[str | None]) -> str | None:
+    """``boolean`` / ``numeric`` / ``categorical`` from non-blank cells; ``None`` if all blank."""
+    present = [c for c in cells if c is not None]
+    if not present:
+        return None
+    n = len(present)
+    if sum(c.lower() in _BOOL_TOKENS for c in present) >= _KIND_SHARE * n:
+        return "boolean"
+    numeric_like = [c for c in present if c.lower() not in _NUMERIC_MISSING]
+    if numeric_like and sum(_is_number(c) for c in numeric_like) >= _KIND_SHARE * len(numeric_like):
+        return "numeric"
+    return "categorical"
+
+
+def _parse_timestamps(cells: list[str | None], where: str, column: str) -> pd.DatetimeIndex:
+    for i, c in enumerate(cells):
+        if c is None:
+            raise ValueError(f"{where}: timestamp column {column!r} is blank at {_line(i)}")
+    offsets = [m.group(1) if (m := _OFFSET_RE.search(c)) else None for c in cells]  # type: ignore[union-attr]
+    normalised = {None if o is None else ("+00:00" if o == "Z" else (o if ":" in o else f"{o[:3]}:{o[3:]}"))
+                  for o in offsets}
+    if len(normalised) > 1:
+        first = offsets[0]
+        bad = next(i for i, o in enumerate(offsets) if (o is None) != (first is None) or (
+            o is not None and first is not None and
+            ("+00:00" if o == "Z" else o).replace(":", "") != ("+00:00" if first == "Z" else first).replace(":", "")))
+        raise ValueError(
+            f"{where}: timestamp column {column!r} mixes UTC offsets: {_line(0)} has "
+            f"{first or 'no offset'} but {_line(bad)} ({cells[bad]!r}) has {offsets[bad] or 'no offset'}; "
+            f"convert every timestamp to one offset (e.g. UTC) first"
+        )
+    series = pd.Series(cells, dtype=object)
+    parsed = None
+    for kwargs in ({"format": "ISO8601"}, {}):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parsed = pd.to_datetime(series, **kwargs)
+            break
+        except (ValueError, TypeError, OverflowError):
+            continue
+    if parsed is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            coerced = pd.to_datetime(series, format="mixed", errors="coerce", utc=True)
+        bad = np.flatnonzero(coerced.isna().to_numpy())
+        i = int(bad[0]) if bad.size else 0
+        raise ValueError(f"{where}: timestamp column {column!r}: cannot parse {cells[i]!r} at {_line(i)} as a date/time")
+    index = pd.DatetimeIndex(parsed, name="timestamp")
+    values = index.asi8
+    steps = np.diff(values)
+    if np.any(steps == 0):
+        i = int(np.flatnonzero(steps == 0)[0]) + 1
+        raise ValueError(
+            f"{where}: duplicate timestamp {index[i]} at {_line(i)} (same as {_line(i - 1)}); timestamps must be unique"
+        )
+    if np.any(steps < 0):
+        i = int(np.flatnonzero(steps < 0)[0]) + 1
+        raise ValueError(
+            f"{where}: timestamps are not in increasing order: {_line(i)} ({index[i]}) is earlier than "
+            f"{_line(i - 1)} ({index[i - 1]}); sort the file by time (rows are never reordered silently)"
+        )
+    return index
+
+
+# ------------------------------------------------------------------------------------------------
+# CSV
+# ------------------------------------------------------------------------------------------------
+def read_csv_raw(path: str | Path) -> pd.DataFrame:
+    """Read a CSV with every cell as a raw string (blank cells NaN, ``"None"``/``"NA"`` kept).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty, has no data rows, or does not parse as CSV (naming it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; expected a header line and one row per bar")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty; expected a header line and one row per bar") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable CSV file: {exc}") from None
+    if frame.empty:
+        raise ValueError(f"{path}: the file has a header but no data rows")
+    stems = [re.sub(r"[.]\d+$", "", str(c)) for c in frame.columns]
+    duplicated = sorted({stem for c, stem in zip(frame.columns, stems) if stem != str(c) and stem in frame.columns})
+    if duplicated:
+        raise ValueError(f"{path}: duplicate column name(s) in the header: {duplicated}")
+    return frame
+
+
+def source_from_frame(
+    frame: pd.DataFrame,
+    config: DataConfig,
+    where: str = "CSV",
+) -> SourceData:
+    """Turn a raw CSV-like frame (one row per bar, every column as read) into :class:`SourceData`.
+
+    Works the same whether the columns hold ``object`` or pandas ``str`` dtype (cells are read as
+    stripped strings). The rules are in the module docstring.
+
+    Args:
+        frame: the raw table (a timestamp column, optional bar columns, indicator columns).
+        config: supplies ``timestamp_column``, ``include_columns``, ``exclude_columns``,
+            ``features``, ``resolved_target`` (for the label column).
+        where: the file name, used to prefix error messages.
+
+    Raises:
+        ValueError: no timestamp column; blank / unparseable / duplicate / unsorted timestamps or
+            mixed UTC offsets; a missing include/exclude/label column; incomplete or non-positive
+            prices, ``high < low``, negative volume; junk or ``inf`` in a numeric or boolean column;
+            an all-blank input column; no inputs at all. Each names the column and line.
+    """
+    columns = [str(c) for c in frame.columns]
+    frame = frame.copy()
+    frame.columns = columns
+    lower = {c.lower().strip(): c for c in columns}
+    if config.timestamp_column is not None:
+        if config.timestamp_column not in columns:
+            raise ValueError(
+                f"{where}: timestamp column {config.timestamp_column!r} (DataConfig.timestamp_column) not found; "
+                f"columns are {columns}"
+            )
+        ts_col = config.timestamp_column
+    else:
+        ts_col = next((lower[c] for c in TIMESTAMP_CANDIDATES if c in lower), None)
+        if ts_col is None:
+            raise ValueError(
+                f"{where}: no timestamp column; expected one named {list(TIMESTAMP_CANDIDATES)} (any case) or set "
+                f"DataConfig.timestamp_column; columns are {columns}"
+            )
+    index = _parse_timestamps(_cells(frame[ts_col]), where, ts_col)
+
+    target = config.resolved_target
+    label_col = target[len("column:"):] if target.startswith("column:") else None
+    if label_col is not None and label_col not in columns:
+        raise ValueError(f"{where}: label column {label_col!r} (DataConfig.target) not found; columns are {columns}")
+    for field in ("include_columns", "exclude_columns"):
+        named = getattr(config, field) or ()
+        missing = [c for c in named if c not in columns]
+        if missing:
+            raise ValueError(f"{where}: DataConfig.{field} names column(s) {missing} that the file does not have; "
+                             f"columns are {columns}")
+    if config.include_columns is not None and label_col in config.include_columns:
+        raise ValueError(f"{where}: DataConfig.include_columns contains the label column {label_col!r}; a label "
+                         f"cannot be an input")
+
+    bar_cols: dict[str, str] = {}
+    for c in columns:
+        canonical = _BAR_ALIASES.get(c.lower().strip())
+        if canonical is not None and c != ts_col and c != label_col:
+            if canonical in bar_cols:
+                raise ValueError(f"{where}: columns {bar_cols[canonical]!r} and {c!r} both look like {canonical!r}")
+            bar_cols[canonical] = c
+    bars = pd.DataFrame(index=index)
+    for canonical, c in bar_cols.items():
+        values = _to_float(_cells(frame[c]), where, c, index)
+        missing = np.flatnonzero(np.isnan(values))
+        if missing.size:
+            i = int(missing[0])
+            raise ValueError(f"{where}: bar column {c!r} is blank at {_line(i)} ({index[i]}); bar columns must be complete")
+        if canonical == "volume":
+            bad = np.flatnonzero(values < 0)
+            if bad.size:
+                i = int(bad[0])
+                raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): volume {values[i]} is negative")
+        else:
+            bad = np.flatnonzero(values <= 0)
+            if bad.size:
+                i = int(bad[0])
+                raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): price {values[i]} must be > 0")
+        bars[canonical] = values
+    if "high" in bars and "low" in bars:
+        bad = np.flatnonzero(bars["high"].to_numpy() < bars["low"].to_numpy())
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{where}: {_line(i)} ({index[i]}): high {bars['high'].iloc[i]} < low {bars['low'].iloc[i]}")
+    price = "adj_close" if "adj_close" in bars else ("close" if "close" in bars else None)
+    if price is not None:
+        bars["log_return"] = np.log(bars[price]).diff()
+
+    exclude = set(config.exclude_columns or ())
+    candidates = [c for c in columns if c != ts_col and c != label_col and c not in bar_cols.values()]
+    if config.include_columns is not None:
+        candidates = [c for c in config.include_columns if c in candidates]
+    candidates = [c for c in candidates if c not in exclude]
+    inputs: dict[str, Any] = {}
+    kinds: dict[str, str] = {}
+    for c in candidates:
+        cells = _cells(frame[c])
+        kind = _classify(cells)
+        if kind is None:
+            raise ValueError(f"{where}: column {c!r} is blank on every row; drop it or add it to "
+                             f"DataConfig.exclude_columns")
+        if kind == "numeric":
+            inputs[c] = _to_float(cells, where, c, index)
+        elif kind == "boolean":
+            values = np.full(len(cells), np.nan)
+            for i, v in enumerate(cells):
+                if v is None:
+                    continue
+                code = _BOOL_TOKENS.get(v.lower())
+                if code is None:
+                    raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): {v!r} is not True/False/blank "
+                                     f"(the column is boolean)")
+                values[i] = code
+            inputs[c] = values
+        else:
+            inputs[c] = np.array([np.nan if v is None else v for v in cells], dtype=object)
+        kinds[c] = kind
+    input_frame = pd.DataFrame(inputs, index=index)
+
+    label_values = None
+    if label_col is not None:
+        cells = _cells(frame[label_col])
+        present = [v for v in cells if v is not None]
+        if not present:
+            raise ValueError(f"{where}: label column {label_col!r} is blank on every row")
+        if all(_is_number(v) and float(v).is_integer() for v in present):
+            label_values = pd.Series([np.nan if v is None else float(v) for v in cells], index=index, dtype=np.float64)
+        else:
+            label_values = pd.Series([np.nan if v is None else v for v in cells], index=index, dtype=object)
+    return SourceData(name=config.dataset_name, bars=bars, inputs=input_frame, kinds=kinds, label_values=label_values,
+                      path=config.csv_path)
+
+
+# ------------------------------------------------------------------------------------------------
+# dispatch
+# ------------------------------------------------------------------------------------------------
+def _arch_bars(name: str) -> pd.DataFrame:
+    if name == "sp500":
+        from arch.data import sp500 as module
+    else:
+        from arch.data import nasdaq as module
+    raw = module.load()
+    bars = pd.DataFrame(
+        {
+            "open": raw["Open"].astype(np.float64),
+            "high": raw["High"].astype(np.float64),
+            "low": raw["Low"].astype(np.float64),
+            "close": raw["Close"].astype(np.float64),
+            "adj_close": raw["Adj Close"].astype(np.float64),
+            "volume": raw["Volume"].astype(np.float64),
+        },
+        index=pd.DatetimeIndex(raw.index, name="timestamp"),
+    )
+    bars["log_return"] = np.log(bars["adj_close"]).diff()
+    return bars
+
+
+def _restrict(source: SourceData, config: DataConfig) -> SourceData:
+    if config.start is None and config.end is None:
+        return source
+    index = source.bars.index
+    mask = np.ones(len(index), dtype=bool)
+    for field, op in (("start", np.greater_equal), ("end", np.less_equal)):
+        value = getattr(config, field)
+        if value is not None:
+            stamp = pd.Timestamp(value)
+            if index.tz is not None and stamp.tz is None:
+                stamp = stamp.tz_localize(index.tz)
+            mask &= op(index, stamp)
+    if not mask.any():
+        raise ValueError(f"DataConfig.start/end: no bar of {source.name} lies between {config.start} and {config.end} "
+                         f"(data covers {index[0]} .. {index[-1]})")
+    positions = np.flatnonzero(mask)
+    bars = source.bars.iloc[positions].copy()
+    if "log_return" in bars and positions[0] > 0:
+        # the first kept bar's return used the bar before `start`; keep it causal but inside the period
+        bars.iloc[0, bars.columns.get_loc("log_return")] = np.nan
+    extras = dict(source.extras)
+    for key in ("true_regimes", "filter_posterior"):
+        if key in extras:
+            extras[key] = extras[key].iloc[positions]
+    return dataclasses.replace(
+        source,
+        bars=bars,
+        inputs=source.inputs.iloc[positions],
+        label_values=None if source.label_values is None else source.label_values.iloc[positions],
+        regimes=None if source.regimes is None else source.regimes[positions],
+        extras=extras,
+    )
+
+
+def load_source(config: DataConfig) -> SourceData:
+    """Load the source named by ``config.source`` (restricted to ``config.start``..``config.end``).
+
+    * ``sp500`` / ``nasdaq``: ``arch.data.<name>.load()``; ``log_return`` from ``Adj Close``.
+    * ``csv``: :func:`read_csv_raw` then :func:`source_from_frame`.
+    * ``synthetic``: :func:`regimetry.data.synthetic.simulate_markov_switching` with the default
+      parameters, ``config.synthetic_bars`` and ``config.synthetic_seed``; the simulator's noisy
+      indicators (``ind_momentum_10``, ``ind_abs_return``) are inputs only when named in
+      ``include_columns``. Extras: ``params``, ``true_regimes`` (Series) and ``filter_posterior``
+      (DataFrame ``(T, K)``, the Hamilton filter with the true parameters: an oracle, not fitted).
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`read_csv_raw` / :func:`source_from_frame`, or a
+            ``start``/``end`` window holding no bar.
+    """
+    if config.source in ("sp500", "nasdaq"):
+        bars = _arch_bars(config.source)
+        source = SourceData(name=config.dataset_name, bars=bars, inputs=pd.DataFrame(index=bars.index), kinds={})
+    elif config.source == "csv":
+        frame = read_csv_raw(config.csv_path)
+        source = source_from_frame(frame, config, where=str(config.csv_path))
+    elif config.source == "synthetic":
+        params = MarkovSwitchingParams()
+        path = simulate_markov_switching(params, config.synthetic_bars, config.synthetic_seed)
+        indicator_cols = [c for c in path.bars.columns if c.startswith("ind_")]
+        include = list(config.include_columns or ())
+        unknown = [c for c in list(include) + list(config.exclude_columns) if c not in indicator_cols]
+        if unknown:
+            raise ValueError(f"DataConfig.include_columns/exclude_columns: synthetic data has no column(s) {unknown}; "
+                             f"its indicator columns are {indicator_cols}")
+        chosen = [c for c in include if c not in config.exclude_columns]
+        bars = path.bars.drop(columns=indicator_cols)
+        posterior = hamilton_filter(path.returns, params)
+        source = SourceData(
+            name=config.dataset_name,
+            bars=bars,
+            inputs=path.bars[chosen].astype(np.float64),
+            kinds={c: "numeric" for c in chosen},
+            regimes=path.regimes,
+            extras={
+                "params": params,
+                "true_regimes": pd.Series(path.regimes, index=bars.index, name="true_regime"),
+                "filter_posterior": pd.DataFrame(posterior, index=bars.index, columns=list(params.names)),
+            },
+        )
+    else:  # pragma: no cover - DataConfig validates source
+        raise ValueError(f"DataConfig.source: unknown source {config.source!r}")
+    return _restrict(source, config)
+
+
+def load_bars(config: DataConfig) -> pd.DataFrame:
+    """Raw bars of ``config``'s source: ``DatetimeIndex``, bar columns and ``log_return``.
+
+    Raises:
+        FileNotFoundError / ValueError: as :func:`load_source`.
+    """
+    return load_source(config).bars.copy()
+
+
+def usable_features(source: SourceData, names: tuple[str, ...] | list[str]) -> list[str]:
+    """Requested features that the source's bar columns allow; warns about the ones skipped.
+
+    Raises:
+        ValueError: an unknown feature name (listing the valid ones).
+    """
+    names = _features.check_feature_names(names)
+    usable, skipped = [], []
+    for name in names:
+        needed = _features.required_columns(name)
+        (usable if all(c in source.bars.columns for c in needed) else skipped).append(name)
+    if skipped:
+        warnings.warn(
+            f"{source.name}: skipping feature(s) {skipped}: the data lacks the bar columns they need "
+            f"(it has {list(source.bars.columns)})",
+            RegimetryDataWarning,
+            stacklevel=3,
+        )
+    return usable
