@@ -172,7 +172,9 @@ class SequencePooling(keras.layers.Layer):
             return ops.max(inputs, axis=1)
         if self.mode == "last":
             return inputs[:, -1, :]
-        weights = ops.softmax(ops.squeeze(self._attention_logits(inputs), -1), axis=1)
+        logits = ops.squeeze(self._attention_logits(inputs), -1)
+        weights = ops.exp(logits - ops.max(logits, axis=1, keepdims=True))
+        weights = weights / ops.sum(weights, axis=1, keepdims=True)  # a softmax; fine for T = 1 too
         return ops.sum(ops.expand_dims(weights, -1) * inputs, axis=1)
 
     def get_config(self):
