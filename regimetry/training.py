@@ -1,0 +1,521 @@
+"""Fit a regime classifier on prepared ``Splits`` and compute the metrics of record.
+
+The metrics of record are computed with scikit-learn on a whole split at once (never averaged over
+batches): ``accuracy``, ``balanced_accuracy`` (mean per-class recall over the classes present in
+``y_true``), ``macro_f1`` (over all ``num_classes`` labels), ``log_loss`` (natural log, with
+``labels=range(num_classes)`` so that a class missing from a split still counts) and
+``recall/<class_name>`` (NaN for a class with no windows in the split). The confusion matrix is
+``(num_classes, num_classes)`` with rows = true class, columns = predicted class.
+
+Training (``fit``):
+
+* ``tf.data`` pipelines; only the training split is shuffled (seeded, reshuffled every epoch),
+  validation and test keep their chronological order; batches are prefetched.
+* AdamW (Loshchilov & Hutter, 2019, "Decoupled Weight Decay Regularization") with the learning
+  rate, decoupled weight decay and gradient-norm clip of ``TrainConfig``.
+* Categorical cross-entropy with optional label smoothing (Szegedy et al., 2016) and optional
+  ``"balanced"`` class weights ``n / (k * n_c)`` (scikit-learn's ``compute_class_weight``) applied
+  as per-window sample weights.
+* After every epoch the whole validation split is predicted once and scored with scikit-learn;
+  that score drives early stopping (``TrainConfig.monitor``, ``patience``) and is what
+  ``epoch_callback`` receives (the study harness prunes on it). The weights of the best epoch are
+  restored at the end.
+* Seeded: ``set_global_seed`` seeds Python, NumPy, TensorFlow and Keras before the model is built.
+  On CPU this alone gives bit-identical metrics for the same seed (measured; see
+  ``set_global_seed``), so TensorFlow's op determinism is off by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from regimetry.config import ModelConfig, TrainConfig
+from regimetry.data.types import SplitData, Splits
+
+__all__ = [
+    "EvalResult",
+    "TrainResult",
+    "class_weights",
+    "evaluate",
+    "evaluate_full",
+    "fit",
+    "make_dataset",
+    "metrics_from_probs",
+    "predict_proba",
+    "set_global_seed",
+]
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+#: Maps ``TrainConfig.monitor`` to the history key it reads.
+MONITOR_KEYS = {
+    "val_balanced_accuracy": "val/balanced_accuracy",
+    "val_macro_f1": "val/macro_f1",
+    "val_accuracy": "val/accuracy",
+    "val_loss": "val/loss",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeding
+# ------------------------------------------------------------------------------------------------
+def set_global_seed(seed: int, *, deterministic_ops: bool = False) -> None:
+    """Seed Python's ``random``, NumPy, TensorFlow and Keras' global ``SeedGenerator``.
+
+    Call it before building a model: Keras layers draw their initial weights and dropout seeds
+    from the global seed at construction time.
+
+    Args:
+        seed: a non-negative integer.
+        deterministic_ops: also call ``tf.config.experimental.enable_op_determinism()`` (process
+            wide, cannot be undone). Not needed on CPU: the same seed gives bit-identical metrics
+            without it (checked by ``tests/test_training.py``), and it costs throughput
+            (``benchmarks/README.md``). Turn it on for GPU runs.
+
+    Raises:
+        ValueError: ``seed`` is not a non-negative integer.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"set_global_seed: seed must be a non-negative integer, got {seed!r}")
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+    if deterministic_ops:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+# ------------------------------------------------------------------------------------------------
+# Metrics of record
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Everything computed when scoring one split.
+
+    Attributes:
+        metrics: scalar metrics ``accuracy, balanced_accuracy, macro_f1, log_loss,
+            recall/<class_name>`` (floats; see the module docstring).
+        confusion: int64 ``(num_classes, num_classes)``, rows = true, columns = predicted.
+        y_pred: int64 ``(n,)`` predicted classes.
+        probs: float64 ``(n, num_classes)`` class probabilities, or ``None`` for hard predictions.
+    """
+
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray | None
+
+
+def _check_inputs(y_true: np.ndarray, probs: np.ndarray | None, y_pred: np.ndarray | None, k: int):
+    y_true = np.asarray(y_true)
+    if y_true.ndim != 1:
+        raise ValueError(f"y_true: expected a 1-D array of class ids, got shape {y_true.shape}")
+    if len(y_true) == 0:
+        raise ValueError("y_true: empty split, nothing to evaluate")
+    if k < 2:
+        raise ValueError(f"class_names: need at least 2 classes, got {k}")
+    if not np.issubdtype(y_true.dtype, np.integer):
+        raise ValueError(f"y_true: expected integer class ids, got dtype {y_true.dtype}")
+    if y_true.min() < 0 or y_true.max() >= k:
+        raise ValueError(f"y_true: class ids must lie in [0, {k - 1}], got range [{y_true.min()}, {y_true.max()}]")
+    if (probs is None) == (y_pred is None):
+        raise ValueError("metrics_from_probs: give exactly one of probs=... or y_pred=...")
+    if probs is not None:
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape != (len(y_true), k):
+            raise ValueError(
+                f"probs: expected shape (n={len(y_true)}, num_classes={k}), got {probs.shape}"
+            )
+        if not np.all(np.isfinite(probs)) or probs.min() < 0:
+            raise ValueError("probs: contains NaN, inf or negative values")
+        sums = probs.sum(axis=1, keepdims=True)
+        if np.any(sums <= 0):
+            raise ValueError("probs: a row sums to zero")
+        probs = probs / sums  # float32 softmax rows sum to 1 only within ~1e-7
+        y_pred = probs.argmax(axis=1)
+    else:
+        y_pred = np.asarray(y_pred)
+        if y_pred.shape != y_true.shape:
+            raise ValueError(f"y_pred: expected shape {y_true.shape}, got {y_pred.shape}")
+        if not np.issubdtype(y_pred.dtype, np.integer) or y_pred.min() < 0 or y_pred.max() >= k:
+            raise ValueError(f"y_pred: expected integer class ids in [0, {k - 1}]")
+    return y_true.astype(np.int64), probs, y_pred.astype(np.int64)
+
+
+def metrics_from_probs(
+    y_true: np.ndarray,
+    probs: np.ndarray | None,
+    class_names: Sequence[str],
+    *,
+    y_pred: np.ndarray | None = None,
+) -> EvalResult:
+    """Metrics of record from probabilities or from hard predictions (for baselines too).
+
+    Args:
+        y_true: int ``(n,)`` true class ids in ``[0, num_classes)``.
+        probs: float ``(n, num_classes)`` class probabilities (rows are renormalised to sum to 1),
+            or ``None`` when only hard predictions exist.
+        class_names: the ``num_classes`` class names (index = class id); used in ``recall/<name>``.
+        y_pred: int ``(n,)`` hard predictions; only with ``probs=None``. Then ``log_loss`` is NaN
+            (a hard prediction has no likelihood), every other metric is computed as usual.
+
+    Returns:
+        ``EvalResult`` (``.metrics`` dict of floats, ``.confusion``, ``.y_pred``, ``.probs``).
+
+    Raises:
+        ValueError: wrong shapes, class ids out of range, NaN / negative probabilities, an empty
+            split, or both / neither of ``probs`` and ``y_pred``.
+    """
+    from sklearn import metrics as skm
+
+    k = len(class_names)
+    y_true, probs, y_pred = _check_inputs(y_true, probs, y_pred, k)
+    labels = list(range(k))
+    with warnings.catch_warnings():
+        # A class absent from y_true (e.g. the high-vol class in a calm test period) is expected.
+        warnings.simplefilter("ignore", UserWarning)
+        out: dict[str, float] = {
+            "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+            "log_loss": float(skm.log_loss(y_true, probs, labels=labels)) if probs is not None else math.nan,
+        }
+        recalls = skm.recall_score(y_true, y_pred, labels=labels, average=None, zero_division=np.nan)
+    for name, value in zip(class_names, recalls):
+        out[f"recall/{name}"] = float(value)
+    confusion = skm.confusion_matrix(y_true, y_pred, labels=labels).astype(np.int64)
+    return EvalResult(metrics=out, confusion=confusion, y_pred=y_pred, probs=probs)
+
+
+def predict_proba(model: Any, X: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities of a softmax classifier, in inference mode (dropout off).
+
+    Args:
+        model: a ``keras.Model`` whose output is ``(batch, num_classes)`` probabilities.
+        X: float ``(n, window_size, n_features)`` windows.
+        batch_size: windows per forward pass (memory only; the result does not depend on it).
+
+    Returns:
+        float32 ``(n, num_classes)``.
+
+    Raises:
+        ValueError: ``X`` is not 3-D or does not match the model's input shape.
+    """
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 3:
+        raise ValueError(f"X: expected (n, window_size, n_features), got shape {X.shape}")
+    expected = tuple(getattr(model, "input_shape", (None,) * 3) or (None,) * 3)
+    if len(expected) == 3 and any(e is not None and e != a for e, a in zip(expected[1:], X.shape[1:])):
+        raise ValueError(f"X: windows of shape {X.shape[1:]} do not fit the model's input {expected[1:]}")
+    if len(X) == 0:
+        n_out = int(model.output_shape[-1])
+        return np.zeros((0, n_out), dtype=np.float32)
+    return np.asarray(model.predict(X, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def evaluate_full(
+    model_or_probs: Any,
+    split: SplitData,
+    class_names: Sequence[str],
+    *,
+    batch_size: int = 1024,
+) -> EvalResult:
+    """Score a model (or precomputed probabilities) on one split: metrics, confusion, predictions.
+
+    Args:
+        model_or_probs: a ``keras.Model`` or a float array ``(len(split), num_classes)``.
+        split: the ``SplitData`` to score (``.X`` is only read for a model).
+        class_names: the regime names, index = class id.
+        batch_size: inference batch size for a model.
+
+    Raises:
+        ValueError: see ``metrics_from_probs`` and ``predict_proba``.
+    """
+    if isinstance(model_or_probs, np.ndarray):
+        probs = model_or_probs
+    else:
+        probs = predict_proba(model_or_probs, split.X, batch_size=batch_size)
+    return metrics_from_probs(split.y, probs, class_names)
+
+
+def evaluate(
+    model_or_probs: Any,
+    split: SplitData,
+    class_names: Sequence[str],
+    *,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """Scalar metrics of record on one split (``evaluate_full(...).metrics``).
+
+    For the confusion matrix use ``evaluate_full(...).confusion``.
+    """
+    return evaluate_full(model_or_probs, split, class_names, batch_size=batch_size).metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """"Balanced" class weights ``n / (k_present * n_c)`` (scikit-learn), 0 for absent classes.
+
+    Returns:
+        float32 ``(num_classes,)``.
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(y)
+    present = np.unique(y)
+    weights = np.zeros(num_classes, dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=y)
+    return weights
+
+
+def make_dataset(
+    X: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    sample_weight: np.ndarray | None = None,
+):
+    """A batched, prefetched ``tf.data.Dataset`` of ``(x, one_hot_y[, weight])``.
+
+    Args:
+        X: float32 ``(n, T, F)``; y: int ``(n,)``.
+        shuffle_seed: shuffle the whole split (buffer = n) with this seed, reshuffled every
+            epoch; ``None`` keeps the chronological order (validation / test).
+        sample_weight: optional float32 ``(n,)`` per-window loss weights.
+    """
+    import tensorflow as tf
+
+    y_onehot = np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+    tensors: tuple = (np.asarray(X, dtype=np.float32), y_onehot)
+    if sample_weight is not None:
+        tensors = tensors + (np.asarray(sample_weight, dtype=np.float32),)
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Outcome of ``fit``.
+
+    Attributes:
+        model: the trained ``keras.Model`` with the best epoch's weights restored.
+        history: per-epoch metrics, MLflow-style names: ``train/loss`` (the optimised loss, with
+            class weights and label smoothing), ``train/accuracy``, ``val/loss`` (unweighted
+            cross-entropy = log loss on the validation split), ``val/accuracy``,
+            ``val/balanced_accuracy``, ``val/macro_f1``, ``time/epoch_seconds``. Index = epoch.
+        best_epoch: 0-based epoch whose weights were restored.
+        epochs_run: number of epochs trained.
+        stopped_early: ``True`` when patience ran out before ``max_epochs``.
+        fit_seconds: wall time of the whole fit (model build, training, restoring), seconds.
+        val_metrics: metrics of record of the restored model on the validation split.
+        val_confusion: its ``(num_classes, num_classes)`` confusion matrix.
+        monitor: the history key early stopping watched; best_score: its best value.
+        model_config, train_config: what was trained.
+    """
+
+    model: Any
+    history: dict[str, list[float]]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    fit_seconds: float
+    val_metrics: dict[str, float]
+    val_confusion: np.ndarray
+    monitor: str
+    best_score: float
+    model_config: ModelConfig | None = None
+    train_config: TrainConfig | None = None
+
+
+def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch_callback, predict_batch):
+    import keras
+
+    monitor_key = MONITOR_KEYS[train_config.monitor]
+    sign = -1.0 if train_config.monitor_mode == "min" else 1.0
+
+    class _ValidationAndEarlyStopping(keras.callbacks.Callback):
+        """Scores the whole validation split with scikit-learn after each epoch; early stopping."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.history: dict[str, list[float]] = {}
+            self.best_score = -math.inf
+            self.best_epoch = -1
+            self.best_weights: list[np.ndarray] | None = None
+            self.wait = 0
+            self.stopped_early = False
+            self._t0 = time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            probs = predict_proba(self.model, val.X, batch_size=predict_batch)
+            scored = metrics_from_probs(val.y, probs, class_names).metrics
+            metrics = {
+                "train/loss": float(logs.get("loss", math.nan)),
+                "train/accuracy": float(logs.get("accuracy", math.nan)),
+                "val/loss": scored["log_loss"],
+                "val/accuracy": scored["accuracy"],
+                "val/balanced_accuracy": scored["balanced_accuracy"],
+                "val/macro_f1": scored["macro_f1"],
+                "time/epoch_seconds": time.perf_counter() - self._t0,
+            }
+            for key, value in metrics.items():
+                self.history.setdefault(key, []).append(value)
+            score = sign * metrics[monitor_key]
+            if not math.isfinite(metrics["train/loss"]):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch}: train/loss = {metrics['train/loss']} "
+                    "(lower TrainConfig.learning_rate or set clipnorm)"
+                )
+            if score > self.best_score:
+                self.best_score, self.best_epoch, self.wait = score, epoch, 0
+                self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+            else:
+                self.wait += 1
+                if self.wait >= train_config.patience:
+                    self.stopped_early = epoch + 1 < train_config.max_epochs
+                    self.model.stop_training = True
+            if epoch_callback is not None:
+                # Whatever this raises (e.g. optuna.TrialPruned) propagates out of fit().
+                epoch_callback(int(epoch), dict(metrics))
+
+    return _ValidationAndEarlyStopping()
+
+
+def compile_model(model: Any, train_config: TrainConfig) -> Any:
+    """Compile ``model`` with AdamW, categorical cross-entropy (label smoothing) and accuracy."""
+    import keras
+
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=train_config.learning_rate,
+        weight_decay=train_config.weight_decay,
+        clipnorm=train_config.clipnorm,
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train_config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=False,  # XLA measured slower than graph mode on this CPU (RESEARCH_FACTS.md)
+    )
+    return model
+
+
+def _check_splits(splits: Splits) -> None:
+    if not isinstance(splits, Splits):
+        raise TypeError(f"fit: expected regimetry.data.types.Splits, got {type(splits).__name__}")
+    k = splits.num_classes
+    for name in ("train", "val"):
+        part: SplitData = getattr(splits, name)
+        if len(part) == 0:
+            raise ValueError(f"Splits.{name}: empty split; cannot train/validate (check the DataConfig dates)")
+        if part.X.ndim != 3 or part.X.shape[0] != len(part):
+            raise ValueError(f"Splits.{name}.X: expected (n={len(part)}, window, features), got {part.X.shape}")
+        if part.X.shape[2] != splits.num_features:
+            raise ValueError(
+                f"Splits.{name}.X: {part.X.shape[2]} features but feature_names has {splits.num_features}"
+            )
+        if part.y.min() < 0 or part.y.max() >= k:
+            raise ValueError(f"Splits.{name}.y: class ids must lie in [0, {k - 1}]")
+        if np.isinf(part.X).any():
+            raise ValueError(f"Splits.{name}.X: contains inf (NaN is allowed only as step padding)")
+
+
+def fit(
+    splits: Splits,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    epoch_callback: EpochCallback | None = None,
+    verbose: int = 0,
+    model: Any = None,
+    predict_batch_size: int = 1024,
+) -> TrainResult:
+    """Seed, build, compile and train a classifier on ``splits``; restore the best epoch.
+
+    Args:
+        splits: prepared data (``regimetry.data.prepare``); trains on ``.train``, early-stops on
+            ``.val``; ``.test`` is never read.
+        model_config: architecture, passed to ``regimetry.models.build_classifier``.
+        train_config: optimiser, batch size, epochs, early stopping, class weights, seed.
+        epoch_callback: ``f(epoch, metrics)`` called after every epoch (0-based) with that
+            epoch's ``history`` entries; whatever it raises propagates out of ``fit`` (the study
+            harness raises ``optuna.TrialPruned``).
+        verbose: Keras progress output (0 = silent).
+        model: an uncompiled softmax ``keras.Model`` to train instead of building one from
+            ``model_config`` (built after seeding by the caller); mainly for tests/benchmarks.
+        predict_batch_size: inference batch size for the per-epoch validation pass.
+
+    Returns:
+        ``TrainResult``.
+
+    Raises:
+        ValueError: empty / inconsistent splits.
+        FloatingPointError: the training loss became NaN or inf.
+    """
+    _check_splits(splits)
+    t0 = time.perf_counter()
+    set_global_seed(train_config.seed)
+    if model is None:
+        from regimetry.models import build_classifier
+
+        model = build_classifier(
+            model_config,
+            window_size=splits.window_size,
+            num_features=splits.num_features,
+            num_classes=splits.num_classes,
+        )
+    compile_model(model, train_config)
+    k = splits.num_classes
+    weights = None
+    if train_config.class_weight == "balanced":
+        weights = class_weights(splits.train.y, k)[splits.train.y]
+    train_ds = make_dataset(
+        splits.train.X, splits.train.y, k, train_config.batch_size,
+        shuffle_seed=train_config.seed, sample_weight=weights,
+    )
+    callback = _make_callback(splits.val, splits.class_names, train_config, epoch_callback, predict_batch_size)
+    model.fit(train_ds, epochs=train_config.max_epochs, callbacks=[callback], verbose=verbose, shuffle=False)
+    if callback.best_weights is not None:
+        model.set_weights(callback.best_weights)
+    final = evaluate_full(model, splits.val, splits.class_names, batch_size=predict_batch_size)
+    epochs_run = len(callback.history.get("train/loss", []))
+    monitor_key = MONITOR_KEYS[train_config.monitor]
+    return TrainResult(
+        model=model,
+        history=callback.history,
+        best_epoch=int(callback.best_epoch),
+        epochs_run=epochs_run,
+        stopped_early=bool(callback.stopped_early),
+        fit_seconds=time.perf_counter() - t0,
+        val_metrics=final.metrics,
+        val_confusion=final.confusion,
+        monitor=monitor_key,
+        best_score=float(callback.history[monitor_key][callback.best_epoch]),
+        model_config=model_config,
+        train_config=train_config,
+    )
+
+
+def history_frame(history: Mapping[str, Sequence[float]]):
+    """The ``TrainResult.history`` as a ``pandas.DataFrame`` indexed by epoch."""
+    import pandas as pd
+
+    frame = pd.DataFrame({k: list(v) for k, v in history.items()})
+    frame.index.name = "epoch"
+    return frame

@@ -1,0 +1,159 @@
+"""Training loop, early stopping, seeding and the metrics of record (regimetry.training)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss
+
+from regimetry import training
+from regimetry.config import ModelConfig, TrainConfig
+
+# Distinct sizes: d_model 16, heads 4, ff 8 (T 6, features 7, 3 classes come from the fixture).
+TINY_MODEL = ModelConfig(d_model=16, num_heads=4, ff_dim=8, num_layers=1, dropout=0.1)
+TINY_TRAIN = TrainConfig(max_epochs=3, batch_size=9, patience=3, learning_rate=3e-3, seed=3)
+TIME_FREE = lambda h: {k: v for k, v in h.items() if not k.startswith("time/")}  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from conftest import make_random_splits
+
+    splits = make_random_splits()
+    return splits, training.fit(splits, TINY_MODEL, TINY_TRAIN)
+
+
+# ---- metrics of record ------------------------------------------------------------------------
+def test_metrics_from_probs_hand_computed_example():
+    y = np.array([0, 0, 1, 1, 1, 2])
+    probs = np.array([
+        [0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.8, 0.1],
+        [0.3, 0.4, 0.3], [0.6, 0.3, 0.1], [0.2, 0.2, 0.6],
+    ])
+    result = training.metrics_from_probs(y, probs, ["low", "mid", "high"])
+    m = result.metrics
+    # predictions: 0, 1, 1, 1, 0, 2 -> recalls low 1/2, mid 2/3, high 1/1
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["recall/low"] == pytest.approx(0.5)
+    assert m["recall/mid"] == pytest.approx(2 / 3)
+    assert m["recall/high"] == pytest.approx(1.0)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    expected_ll = -np.mean(np.log([0.7, 0.2, 0.8, 0.4, 0.3, 0.6]))
+    assert m["log_loss"] == pytest.approx(expected_ll)
+    np.testing.assert_array_equal(result.confusion, [[1, 1, 0], [1, 2, 0], [0, 0, 1]])
+    f1 = [2 * 0.5 * 0.5 / 1.0, 2 * (2 / 3) * (2 / 3) / (4 / 3), 1.0]  # precision low 1/2, mid 2/3
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+
+
+def test_metrics_missing_class_and_hard_predictions():
+    y = np.array([0, 0, 1, 1])  # class 2 absent from this split (a calm test period)
+    probs = np.array([[0.6, 0.3, 0.1], [0.5, 0.2, 0.3], [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)
+    m = training.metrics_from_probs(y, probs, ["a", "b", "c"]).metrics
+    assert math.isnan(m["recall/c"])
+    p64 = probs.astype(float) / probs.astype(float).sum(axis=1, keepdims=True)
+    assert m["log_loss"] == pytest.approx(log_loss(y, p64, labels=[0, 1, 2]))
+    assert m["balanced_accuracy"] == pytest.approx((1.0 + 0.5) / 2)  # over classes present in y
+    hard = training.metrics_from_probs(y, None, ["a", "b", "c"], y_pred=np.array([0, 0, 1, 2]))
+    assert math.isnan(hard.metrics["log_loss"])
+    assert hard.metrics["accuracy"] == pytest.approx(0.75)
+    assert hard.probs is None and hard.confusion.shape == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(y_true=np.array([0, 1, 3]), probs=np.full((3, 3), 1 / 3)), "y_true"),
+        (dict(y_true=np.array([0, 1, 2]), probs=np.full((3, 2), 0.5)), "probs: expected shape"),
+        (dict(y_true=np.array([0, 1, 2]), probs=np.full((3, 3), np.nan)), "NaN"),
+        (dict(y_true=np.array([0, 1, 2]), probs=None), "exactly one"),
+        (dict(y_true=np.array([0, 1, 2]), probs=None, y_pred=np.array([0, 5, 1])), "y_pred"),
+    ],
+)
+def test_metrics_reject_bad_input(kwargs, message):
+    y_true = kwargs.pop("y_true")
+    probs = kwargs.pop("probs")
+    with pytest.raises(ValueError, match=message):
+        training.metrics_from_probs(y_true, probs, ["a", "b", "c"], **kwargs)
+
+
+def test_class_weights_balanced_and_absent_class():
+    w = training.class_weights(np.array([0, 0, 0, 1]), 3)
+    np.testing.assert_allclose(w, [4 / (2 * 3), 4 / (2 * 1), 0.0])
+    assert w.dtype == np.float32
+
+
+# ---- fit ----------------------------------------------------------------------------------------
+def test_fit_history_and_restored_best_epoch(fitted):
+    splits, result = fitted
+    keys = {"train/loss", "train/accuracy", "val/loss", "val/accuracy", "val/balanced_accuracy",
+            "val/macro_f1", "time/epoch_seconds"}
+    assert set(result.history) == keys
+    assert all(len(v) == result.epochs_run == 3 for v in result.history.values())
+    bal = result.history["val/balanced_accuracy"]
+    assert result.best_epoch == int(np.argmax(bal))  # first maximum wins
+    assert result.monitor == "val/balanced_accuracy" and result.best_score == bal[result.best_epoch]
+    # The returned model carries the best epoch's weights: re-scoring reproduces that epoch.
+    again = training.evaluate(result.model, splits.val, splits.class_names)
+    assert again["balanced_accuracy"] == pytest.approx(bal[result.best_epoch])
+    assert again["log_loss"] == pytest.approx(result.history["val/loss"][result.best_epoch], rel=1e-6)
+    assert result.val_metrics == again
+    assert result.val_confusion.shape == (3, 3) and result.val_confusion.sum() == len(splits.val)
+    assert result.fit_seconds > 0 and not result.stopped_early
+    # evaluate accepts probabilities as well as a model
+    probs = training.predict_proba(result.model, splits.test.X, batch_size=4)
+    assert probs.shape == (len(splits.test), 3) and probs.dtype == np.float32
+    from_probs = training.evaluate(probs, splits.test, splits.class_names)
+    from_model = training.evaluate(result.model, splits.test, splits.class_names)
+    assert from_probs == pytest.approx(from_model, rel=1e-6, nan_ok=True)  # batch size: float noise only
+
+
+def test_same_seed_same_metrics(fitted):
+    splits, first = fitted
+    second = training.fit(splits, TINY_MODEL, TINY_TRAIN)
+    assert TIME_FREE(second.history) == TIME_FREE(first.history)
+    assert second.val_metrics == first.val_metrics
+    for a, b in zip(first.model.get_weights(), second.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_epoch_callback_sees_every_epoch_and_its_exception_propagates(fitted):
+    splits, seed3 = fitted
+    class Prune(Exception):
+        pass
+
+    seen = []
+
+    def callback(epoch, metrics):
+        seen.append((epoch, metrics))
+        if epoch == 1:
+            raise Prune("pruned at epoch 1")
+
+    with pytest.raises(Prune, match="epoch 1"):
+        training.fit(splits, TINY_MODEL, TINY_TRAIN.replace(max_epochs=5, seed=4), epoch_callback=callback)
+    assert [e for e, _ in seen] == [0, 1]
+    assert seen[0][1]["train/loss"] != seed3.history["train/loss"][0]  # another seed, another run
+    assert {"train/loss", "val/balanced_accuracy", "val/loss"} <= set(seen[0][1])
+    assert all(isinstance(v, float) for v in seen[0][1].values())
+
+
+def test_early_stopping_when_the_monitor_stalls(random_splits):
+    # A vanishing learning rate leaves the argmax predictions unchanged: no strict improvement.
+    config = TINY_TRAIN.replace(learning_rate=1e-12, patience=1, max_epochs=6, monitor="val_accuracy",
+                                class_weight="none", label_smoothing=0.1, clipnorm=None)
+    result = training.fit(random_splits, TINY_MODEL, config)
+    assert result.stopped_early
+    assert result.epochs_run == 2 and result.best_epoch == 0
+
+
+def test_fit_rejects_bad_splits(random_splits):
+    import dataclasses
+
+    empty_val = dataclasses.replace(random_splits, val=dataclasses.replace(
+        random_splits.val, X=random_splits.val.X[:0], y=random_splits.val.y[:0],
+        index=random_splits.val.index[:0], positions=random_splits.val.positions[:0]))
+    with pytest.raises(ValueError, match="Splits.val: empty"):
+        training.fit(empty_val, TINY_MODEL, TINY_TRAIN)
+    with pytest.raises(ValueError, match="seed"):
+        training.set_global_seed(-1)
