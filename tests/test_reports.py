@@ -1,0 +1,319 @@
+"""Report notebooks executed by papermill: ablation report from a tracked store, data report,
+parameter round trip, kernel resolution, failures with clear messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from regimetry import plots, reports, studies, tracking
+from regimetry.config import DataConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "07_fake_ablation"
+ARMS = ("alpha", "beta_failed")
+
+
+def _error_outputs(notebook: Path) -> list[str]:
+    book = nbformat.read(notebook, as_version=4)
+    return [f"{o.ename}: {o.evalue}" for c in book.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if o.output_type == "error"]
+
+
+def _executed_all(notebook: Path) -> bool:
+    book = nbformat.read(notebook, as_version=4)
+    return all(c.get("execution_count") for c in book.cells if c.cell_type == "code")
+
+
+# ------------------------------------------------------------------------------------------------
+# A hand-made tracked ablation with everything studies.run_ablation logs (arm "alpha": 2 folds x 2
+# seeds; arm "beta_failed": every trial failed, so no confirmation, no summary metrics, no images).
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fake_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fake_store")
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    budget = studies.Budget(trials_per_arm=3, max_epochs=3, seeds=2, folds=2)
+    optuna_storage = studies.resolve_storage(storage)
+    for arm, values in (("alpha", (0.41, 0.52, 0.47)), ("beta_failed", None)):
+        study = studies.ensure_study(optuna_storage, f"{EXPERIMENT}/{arm}", budget, seed=0)
+        for i in range(3):
+            trial = study.ask()
+            trial.suggest_float("train.learning_rate", 1e-4, 3e-3, log=True)
+            trial.suggest_categorical("model.d_model", [16, 32])
+            if values is None:
+                study.tell(trial, state=studies.TrialState.FAIL)
+            else:
+                study.tell(trial, values[i])
+
+    rng = np.random.default_rng(0)
+    classes = ["low", "mid", "high"]
+    with tracking.run(EXPERIMENT, run_name="parent", tracking_uri=uri, tags={
+        "stage": "study", "dataset": "synthetic", "scientific": "model.pooling",
+        "optuna_storage": storage, "question": 'Does "pooling" matter? (a=b, it\'s quoted)',
+        "optuna_studies": json.dumps([f"{EXPERIMENT}/{a}" for a in ARMS]), "seed": "0",
+    }) as parent:
+        tracking.log_params({"budget.trials_per_arm": 3, "budget.seeds": 2, "budget.folds": 2})
+        tracking.log_dict({"arms": [{"name": a, "overrides": {"model.pooling": a}, "min_window_fraction": None}
+                                    for a in ARMS],
+                           "nuisance": [{"name": "train.learning_rate", "type": "Float", "low": 1e-4, "high": 3e-3,
+                                         "log": True, "when": None}],
+                           "fixed": {"model.num_layers": 1}}, "ablation.json")
+        arm_ids = {}
+        for arm in ARMS:
+            with tracking.run(EXPERIMENT, run_name=arm, parent_run_id=parent.run_id,
+                              tags={"stage": "arm", "arm": arm, "optuna_study": f"{EXPERIMENT}/{arm}"}) as a:
+                arm_ids[arm] = a.run_id
+        for arm in ARMS:
+            for t in range(3):
+                with tracking.run(EXPERIMENT, run_name=f"{arm}/trial-{t}", parent_run_id=arm_ids[arm], tags={
+                        "stage": "trial", "arm": arm, "optuna_trial": str(t),
+                        "optuna_state": "FAIL" if arm == "beta_failed" else "COMPLETE"}) as r:
+                    if arm == "beta_failed":
+                        r.set_status("FAILED")
+        for fold in range(2):
+            for seed in range(2):
+                with tracking.run(EXPERIMENT, run_name=f"alpha/confirm-fold{fold}-seed{seed}",
+                                  parent_run_id=arm_ids["alpha"],
+                                  tags={"stage": "confirm", "arm": "alpha", "fold": str(fold), "seed": str(seed),
+                                        "git_sha": "abc123", "version.keras": "3.15.0"}):
+                    tracking.log_history({"train/loss": [1.1, 0.9, 0.8], "val/loss": [1.0, 0.95, 0.97],
+                                          "val/balanced_accuracy": [0.40, 0.45, 0.44]})
+                    tracking.log_metrics({"val/balanced_accuracy": 0.45 + 0.01 * seed,
+                                          "test/balanced_accuracy": 0.40 + 0.02 * fold + 0.01 * seed,
+                                          "epochs_run": 3}, step=3)
+                    cm = rng.integers(0, 9, size=(3, 3))
+                    tracking.log_dict({"labels": classes, "rows": "true", "columns": "predicted", "matrix": cm},
+                                      "metrics/confusion_test.json")
+                    scores = [rng.dirichlet(np.ones(6), size=(1, 4, 6)) for _ in range(2)]
+                    tracking.log_figure(plots.attention_heatmaps(scores, title="window 0"), "attention/window_0.png")
+        prefix = "confirm/test/balanced_accuracy"
+        tracking.log_metrics({f"{prefix}_mean": 0.425, f"{prefix}_std": 0.02, f"{prefix}_seed_ci_low": 0.39,
+                              f"{prefix}_seed_ci_high": 0.46, f"{prefix}_pooled": 0.43, f"{prefix}_boot_ci_low": 0.35,
+                              f"{prefix}_boot_ci_high": 0.51, "tuning/best_val": 0.52, "tuning/fraction_pruned": 0.0,
+                              "tuning/fraction_failed": 0.0, "fold0/test/balanced_accuracy": 0.415,
+                              "fold1/test/balanced_accuracy": 0.435}, run_id=arm_ids["alpha"])
+        tracking.set_tags({"best_trial": "1", "edge_warnings": "train.learning_rate=0.003 is at the upper edge "
+                           "of the search space"}, run_id=arm_ids["alpha"])
+        tracking.log_metrics({"tuning/fraction_failed": 1.0, "tuning/fraction_pruned": 0.0}, run_id=arm_ids["beta_failed"])
+        tracking.log_text("arm,best_val\nalpha,0.52\n", "summary/arms.csv")
+        tracking.log_text("arm,fold,n_test_windows,balanced_accuracy,macro_f1,log_loss\n"
+                          "alpha,0,40,0.415,0.4,1.0\nalpha,1,40,0.435,0.41,0.99\n", "summary/per_fold.csv")
+        tracking.log_text("a,b,metric,difference,ci_low,ci_high,verdict\n"
+                          "alpha,har_rv,balanced_accuracy,0.01,-0.05,0.07,alpha vs har_rv: no difference\n",
+                          "summary/differences.csv")
+        tracking.log_text("alpha vs har_rv: no difference\n", "summary/verdicts.txt")
+    return {"uri": uri, "storage": storage, "parent": parent.run_id, "arms": arm_ids, "root": root}
+
+
+def test_loaded_tables_name_every_arm_and_survive_missing_pieces(fake_store):
+    runs = reports.load_ablation_runs(EXPERIMENT, fake_store["uri"])
+    assert runs.parent_run_id == fake_store["parent"]
+    assert runs.arm_names == list(ARMS)
+    assert len(runs.trials) == 6 and len(runs.confirms) == 4
+
+    summary = reports.arm_summary(runs)
+    assert list(summary["arm"]) == list(ARMS)
+    alpha, beta = summary.iloc[0], summary.iloc[1]
+    assert (alpha["mean"], alpha["seed_ci_low"], alpha["boot_ci_high"], alpha["confirm_runs"]) == (0.425, 0.39, 0.51, 4)
+    assert np.isnan(beta["mean"]) and np.isnan(beta["best_val"]) and beta["confirm_runs"] == 0
+
+    seeds = reports.seed_results(runs)
+    assert len(seeds) == 4 and set(seeds["arm"]) == {"alpha"}
+    assert seeds.loc[(seeds["fold"] == 1) & (seeds["seed"] == 1), "test"].item() == pytest.approx(0.43)
+
+    folds = reports.fold_results(runs)
+    assert list(folds.index) == ["fold 0", "fold 1", "pooled"]
+    assert folds.loc["pooled", "alpha"] == 0.43 and folds.loc["fold 1", "alpha"] == 0.435
+
+    warnings = reports.tuning_warnings(runs)
+    assert any("alpha" in w and "upper edge" in w for w in warnings)
+    assert any("beta_failed" in w and "100% of trials failed" in w for w in warnings)
+    assert any("beta_failed" in w and "no tuning result" in w for w in warnings)
+
+    # Best model chosen on validation, never on test: seed 1 has the higher val score in both folds.
+    best = reports.best_model_run(runs, "alpha")
+    assert runs.confirms.set_index("run_id").loc[best, "tags.seed"] == "1"
+    assert reports.best_model_run(runs, "beta_failed") is None
+    assert len(reports.attention_images(runs, best)) == 1
+    matrix, labels, used = reports.pooled_confusion(runs, "alpha")
+    assert labels == ["low", "mid", "high"] and used == 4 and matrix.shape == (3, 3)
+    assert reports.pooled_confusion(runs, "beta_failed") is None
+
+    histories = reports.confirmation_histories(runs, "alpha")
+    assert len(histories) == 4
+    # The final val/... value at step epochs_run is not part of the per-epoch curve.
+    assert all([s for s, _ in h["val/balanced_accuracy"]] == [0, 1, 2] for h in histories.values())
+
+    frames = reports.trial_frames(runs)
+    assert frames["alpha"]["value"].max() == 0.52
+    assert set(frames["beta_failed"]["state"].astype(str)) == {"FAIL"}
+    assert reports.differences(runs)["verdict"].tolist() == ["alpha vs har_rv: no difference"]
+    assert reports.verdict_lines(runs) == ["alpha vs har_rv: no difference"]
+    env = reports.environment(runs).set_index("item")
+    assert env.loc["git_sha", "logged by the runs"] == "abc123"
+
+
+def test_ablation_report_executes_writes_html_and_logs_to_parent(fake_store, tmp_path):
+    paths = reports.render_ablation_report(EXPERIMENT, tracking_uri=fake_store["uri"], storage=fake_store["storage"],
+                                           output_dir=tmp_path)
+    assert paths.notebook == tmp_path / EXPERIMENT / "ablation_report.ipynb"
+    assert _error_outputs(paths.notebook) == [] and _executed_all(paths.notebook)
+    html = paths.html.read_text()
+    for arm in ARMS:
+        assert re.search(rf"<td [^>]*>{arm}</td>", html), arm
+    assert "0.425 [0.390, 0.460]" in html  # confirmation mean with its seed interval
+    assert "0.430 [0.350, 0.510]" in html  # pooled with its block-bootstrap interval
+    assert "attention heat maps of beta_failed: not available" in html
+    assert "100% of trials failed" in html and "upper edge" in html
+    assert "data:image/png;base64" in html
+    assert html.count("data:image/png") >= 6  # strip plot, history, importances, curves, attention, confusion
+    # The stored notebook keeps the parameters papermill injected.
+    book = nbformat.read(paths.notebook, as_version=4)
+    injected = [c for c in book.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and fake_store["parent"] in injected[0].source
+    logged = tracking.list_artifacts(fake_store["parent"], "report", tracking_uri=fake_store["uri"])
+    assert logged == ["report/ablation_report.html", "report/ablation_report.ipynb"]
+
+
+def test_unknown_experiment_fails_with_clear_message_and_exit_code(fake_store, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "regimetry.reports", "no_such_experiment", "--tracking-uri", fake_store["uri"],
+         "--output-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1
+    assert "'no_such_experiment'" in proc.stderr and fake_store["uri"] in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "no_such_experiment").exists()
+
+    code = reports.main([EXPERIMENT, "--tracking-uri", fake_store["uri"], "--parent-run-id", "0" * 32,
+                         "--output-dir", str(tmp_path)])
+    assert code == 1
+    missing = f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"
+    with pytest.raises(ValueError, match="does not exist"):
+        reports.load_ablation_runs(EXPERIMENT, missing)
+    assert not (tmp_path / "typo").exists()  # a typo does not create an empty store
+
+
+def _notebook(path: Path, cells: list[str], kernel: str = "no-such-kernel") -> Path:
+    book = nbformat.v4.new_notebook()
+    book.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    params = nbformat.v4.new_code_cell("text = 'x'\nnumber = 0\nitems = []\nmapping = {}\nnothing = 1")
+    params.metadata["tags"] = ["parameters"]
+    book.cells = [params] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(book, path)
+    return path
+
+
+def test_parameters_round_trip_with_types_in_the_current_interpreter(tmp_path):
+    out = tmp_path / "values.json"
+    source = _notebook(tmp_path / "echo.ipynb", [
+        "import json, sys\n"
+        f"json.dump({{'text': text, 'number': number, 'items': items, 'mapping': mapping, 'nothing': nothing,"
+        f" 'python': sys.executable}}, open({str(out)!r}, 'w'))"])
+    values = {
+        "text": 'He said "a=b" and \'c = d\'; back\\slash\nnew line, tab\t, ünïcode',
+        "number": 7,
+        "items": ["x=1", 2, 3.5, None, True, ["nested", "list"]],
+        "mapping": {"key=value": "it's \"quoted\"", "n": (1, 2)},
+        "nothing": None,
+    }
+    paths = reports.render_notebook(source, tmp_path / "out", values)
+    assert paths.html.is_file() and _error_outputs(paths.notebook) == []
+    got = json.loads(out.read_text())
+    assert got.pop("python") == sys.executable  # the kernelspec named a kernel that does not exist
+    values["mapping"]["n"] = [1, 2]  # tuples travel as lists
+    assert got == values
+    with pytest.raises(TypeError, match="parameter 'number'"):
+        reports.render_notebook(source, tmp_path / "out", {"number": object()})
+
+
+def test_failing_cell_gives_clear_error_and_keeps_partial_notebook(tmp_path):
+    source = _notebook(tmp_path / "fails.ipynb", ["ok = 1", "raise ValueError(f'bad parameter number={number}')",
+                                                  "never = 1"])
+    with pytest.raises(reports.ReportError) as info:
+        reports.render_notebook(source, tmp_path / "out", {"number": 42})
+    message = str(info.value)
+    assert "ValueError: bad parameter number=42" in message and "fails.ipynb" in message
+    assert info.value.notebook == tmp_path / "out" / "fails.ipynb" and info.value.notebook.is_file()
+    assert "partially executed notebook kept" in message
+    assert _error_outputs(info.value.notebook) == ["ValueError: bad parameter number=42"]
+
+
+def test_data_report_from_yaml(tmp_path):
+    config = tmp_path / "data.yaml"
+    config.write_text("data:\n  source: synthetic\n  synthetic_bars: 1200\n  window_size: 9\n"
+                      "  features: [log_return, abs_return, rv_5]\n")
+    assert reports.main(["--data-config", str(config), "--output-dir", str(tmp_path)]) == 0
+    notebook = tmp_path / "data" / "data_report_synthetic.ipynb"
+    assert _error_outputs(notebook) == [] and _executed_all(notebook)
+    html = notebook.with_suffix(".html").read_text()
+    for name in ("calm_up", "volatile_down", "choppy_sideways", "rv_5", "expected duration", "val share"):
+        assert name in html, name
+    assert html.count("data:image/png") >= 2  # label shares, regime timeline
+    with pytest.raises(ValueError, match="DataConfig.window_size"):
+        reports.render_data_report({"source": "synthetic", "window_size": 0}, tmp_path)
+
+
+def test_data_config_from_every_form(tmp_path):
+    expected = DataConfig(source="synthetic", window_size=9)
+    path = tmp_path / "c.yml"
+    path.write_text("source: synthetic\nwindow_size: 9\n")
+    assert reports.data_config_from(expected) is expected
+    assert reports.data_config_from({"source": "synthetic", "window_size": 9}) == expected
+    assert reports.data_config_from({"data": {"source": "synthetic", "window_size": 9}}) == expected
+    assert reports.data_config_from("source: synthetic\nwindow_size: 9\n") == expected
+    assert reports.data_config_from(str(path)) == expected and reports.data_config_from(path) == expected
+    with pytest.raises(FileNotFoundError):
+        reports.data_config_from(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ValueError, match="YAML mapping"):
+        reports.data_config_from("- just\n- a list\n")
+
+
+def test_transition_matrix_and_label_distribution(random_splits):
+    y = np.array([0, 0, 1, 1, 1, 2, 0, 0])
+    m = reports.transition_matrix(y, ["a", "b", "c"])
+    probs = m[["a", "b", "c"]].to_numpy()
+    np.testing.assert_allclose(probs, [[2 / 3, 1 / 3, 0], [0, 2 / 3, 1 / 3], [1, 0, 0]])
+    np.testing.assert_allclose(m["expected duration (windows)"], [3.0, 3.0, 1.0])
+    assert m["transitions"].tolist() == [3, 3, 1]
+    never = reports.transition_matrix(np.array([0, 1, 0]), ["a", "b", "c"])
+    assert never.loc["c"].iloc[:3].isna().all() and np.isnan(never.loc["c", "expected duration (windows)"])
+    with pytest.raises(ValueError, match="0..2"):
+        reports.transition_matrix(np.array([0, 3]), ["a", "b", "c"])
+
+    dist = reports.label_distribution(random_splits)
+    assert list(dist.index) == ["low", "mid", "high"]
+    assert dist["train windows"].tolist() == [20, 20, 20] and dist["test windows"].sum() == 21
+    np.testing.assert_allclose(dist["val share"].sum(), 1.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The real harness: a tiny 2-arm ablation run by regimetry.studies (tests/conftest.py)
+# ------------------------------------------------------------------------------------------------
+def test_report_of_a_real_tiny_ablation(tiny_ablation_store, tmp_path):
+    store = tiny_ablation_store
+    proc = subprocess.run(
+        [sys.executable, "-m", "regimetry.reports", store["experiment"], "--tracking-uri", store["uri"],
+         "--storage", store["storage"], "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    notebook = tmp_path / store["experiment"] / "ablation_report.ipynb"
+    assert _error_outputs(notebook) == [] and _executed_all(notebook)
+    html = notebook.with_suffix(".html").read_text()
+    for arm in store["arms"]:
+        assert re.search(rf"<td [^>]*>{arm}</td>", html), arm
+    runs = reports.load_ablation_runs(store["experiment"], store["uri"])
+    summary = reports.arm_summary(runs)
+    assert list(summary["arm"]) == list(store["arms"])
+    assert summary["mean"].notna().all() and (summary["confirm_runs"] >= 1).all()
+    assert not pd.isna(summary["pooled"]).any()
