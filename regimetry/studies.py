@@ -1,0 +1,1153 @@
+"""The ablation harness: one Optuna study per arm with equal budgets, then confirmation over seeds.
+
+This is the only module that imports optuna. An experiment script declares an :class:`Ablation`
+(the question, the scientific hyperparameter and its arms, the nuisance search space shared by
+every arm, the fixed settings, the budget) and calls :func:`main`. The protocol follows the deep
+learning tuning playbook (Godbole et al., 2023, "Deep Learning Tuning Playbook"):
+
+1. **Tuning.** Each arm gets its own study, named ``<experiment>/<arm>``, with the same sampler
+   (quasi-random Sobol points, scrambled with the same seed: :class:`optuna.samplers.QMCSampler`),
+   the same number of trials and the same median pruner. Quasi-random search is the fair default for
+   comparisons: it explores the nuisance space evenly and, with one seed, proposes the *same* nuisance
+   configurations to every arm (a paired design), whereas an adaptive sampler would spend each arm's
+   budget differently. Tuning uses the earliest walk-forward fold only (its train and validation
+   blocks), so later test blocks are never seen while choosing hyperparameters. Pruning reads the
+   per-epoch validation metric. A trial that raises is recorded as FAIL and the study goes on.
+2. **Confirmation.** The best configuration of every arm is retrained for every walk-forward fold and
+   every seed, and evaluated once on each fold's test block. Predictions are pooled over the test
+   blocks (concatenated), and the metrics of record come with 95 % circular block-bootstrap intervals
+   (block length = the label horizon) and paired block-bootstrap differences between arms and against
+   the strongest classical baseline (HAR-RV). A comparison is called only when its paired interval
+   excludes zero (:func:`regimetry.evaluation.verdict`).
+
+Storage and concurrency: studies live in an Optuna storage (default ``sqlite:///mlruns/optuna.db``;
+``--storage`` takes any RDB URL such as PostgreSQL or MySQL, or ``journal:///path/file.log`` for a
+journal file). The first process that creates a study enqueues exactly ``trials_per_arm`` empty
+trials; every worker claims WAITING trials with the storage's atomic check-and-set
+(``set_trial_state_values``), so any number of processes on any number of machines finish exactly the
+budget, and re-running the same command resumes: only trials not yet run are run. A trial interrupted
+by Ctrl-C is marked FAIL (user attribute ``interrupted``) and replaced by a new WAITING trial, so the
+budget of finished trials stays exact. On RDB storages a heartbeat marks trials of a killed process
+as FAIL after a grace period and enqueues their retry (Optuna's ``RetryFailedTrialCallback``).
+
+MLflow: experiment = the script's stem; a parent run per invocation (tags: studies, storage), a child
+run per arm, and under each arm a child run per trial (tags ``stage=trial``, ``optuna_trial``,
+``optuna_state``; status FINISHED / KILLED for PRUNED / FAILED) and per confirmation fold and seed
+(``stage=confirm``). Summary tables go to the parent as CSV and markdown artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from regimetry import evaluation
+from regimetry.config import DataConfig, ModelConfig, TrainConfig
+
+logger = logging.getLogger("regimetry.studies")
+# QMCSampler, heartbeats and fail_stale_trials are stable in practice but still flagged experimental.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
+BASELINE_FOR_COMPARISON = "har_rv"
+
+__all__ = [
+    "Float",
+    "Int",
+    "Categorical",
+    "SearchSpace",
+    "Arm",
+    "Budget",
+    "Ablation",
+    "DEFAULT_NUISANCE",
+    "RunOptions",
+    "run_ablation",
+    "main",
+    "resolve_storage",
+    "ensure_study",
+    "run_worker",
+]
+
+
+# ================================================================================================
+# Search space
+# ================================================================================================
+@dataclasses.dataclass(frozen=True)
+class _Param:
+    """Base of a nuisance hyperparameter. ``name`` is ``section.field`` of a config (``model.d_model``,
+    ``train.learning_rate``) or a free name read by :meth:`Ablation.resolve`. ``when`` makes it
+    conditional: ``("head", "mlp")`` samples it only when param ``head`` equals ``"mlp"``."""
+
+    name: str
+    when: tuple[str, Any] | None = None
+
+    def active(self, params: Mapping[str, Any]) -> bool:
+        return self.when is None or params.get(self.when[0]) == self.when[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Float(_Param):
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial) -> float:
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def position(self, value: float) -> float:
+        """Where ``value`` sits in the range, 0 = low edge, 1 = high edge (log scale if ``log``)."""
+        lo, hi, v = (math.log(self.low), math.log(self.high), math.log(value)) if self.log else (self.low, self.high, value)
+        return (v - lo) / (hi - lo) if hi > lo else 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Int(_Param):
+    low: int = 0
+    high: int = 1
+    log: bool = False
+
+    def suggest(self, trial: optuna.Trial) -> int:
+        return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+
+    def position(self, value: int) -> float:
+        return Float(self.name, low=self.low, high=self.high, log=self.log).position(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Categorical(_Param):
+    choices: tuple = ()
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        return trial.suggest_categorical(self.name, list(self.choices))
+
+    def position(self, value: Any) -> float | None:
+        """For ordered numeric choices, the index position in [0, 1]; ``None`` for unordered ones."""
+        numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.choices)
+        if not numeric or len(self.choices) < 3:
+            return None
+        ordered = sorted(self.choices)
+        return ordered.index(value) / (len(ordered) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """An ordered list of nuisance hyperparameters, sampled in order (so conditions can refer back)."""
+
+    params: tuple[_Param, ...]
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for param in self.params:
+            if param.active(values):
+                values[param.name] = param.suggest(trial)
+        return values
+
+    def edge_warnings(self, best: Mapping[str, Any], tolerance: float = 0.05) -> list[str]:
+        """Parameters of the best trial within ``tolerance`` of a range edge (or at the first/last
+        of ordered numeric choices): the optimum may lie outside the space searched."""
+        warnings = []
+        for param in self.params:
+            if param.name not in best:
+                continue
+            position = param.position(best[param.name])  # type: ignore[attr-defined]
+            if position is None:
+                continue
+            if position <= tolerance or position >= 1 - tolerance:
+                edge = "lower" if position <= tolerance else "upper"
+                warnings.append(f"{param.name}={best[param.name]} is at the {edge} edge of the search space")
+        return warnings
+
+    def describe(self) -> list[dict[str, Any]]:
+        rows = []
+        for p in self.params:
+            row = {"name": p.name, "type": type(p).__name__}
+            row.update({k: v for k, v in dataclasses.asdict(p).items() if k not in ("name",)})
+            rows.append(row)
+        return rows
+
+
+#: The nuisance space shared by every arm of every ablation unless an experiment overrides it.
+DEFAULT_NUISANCE = SearchSpace(
+    (
+        Float("train.learning_rate", low=1e-4, high=3e-3, log=True),
+        Float("train.weight_decay", low=1e-6, high=1e-2, log=True),
+        Float("model.dropout", low=0.0, high=0.3),
+        Categorical("model.d_model", choices=(16, 32, 64)),
+        Categorical("model.num_heads", choices=(2, 4)),
+        Categorical("model.ff_dim", choices=(32, 64, 128)),
+        Categorical("train.batch_size", choices=(32, 64, 128)),
+        Categorical("head", choices=("linear", "mlp")),
+        Categorical("head_units", choices=(16, 32, 64), when=("head", "mlp")),
+    )
+)
+
+
+# ================================================================================================
+# Declarations
+# ================================================================================================
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One value of the scientific hyperparameter.
+
+    Args:
+        name: short identifier (used in study names, MLflow tags and tables).
+        overrides: ``section.field -> value`` settings that define the arm.
+        min_window_fraction: if set, every window (train, val and test) is shortened to a random
+            length in ``[ceil(fraction * window_size), window_size]`` bars (fixed per window by the
+            seed) and NaN-padded, so the model sees variable-length windows through its padding mask.
+    """
+
+    name: str
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    min_window_fraction: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Equal budget of every arm.
+
+    Args:
+        trials_per_arm: Optuna trials per arm.
+        max_epochs: epoch cap of every trial and confirmation run.
+        patience: early-stopping patience (epochs).
+        seeds: confirmation seeds per fold.
+        folds: walk-forward folds used for confirmation (the first one is also the tuning fold).
+        pruner_startup_trials / pruner_warmup_epochs: median pruner settings (identical per arm).
+    """
+
+    trials_per_arm: int = 8
+    max_epochs: int = 15
+    patience: int = 4
+    seeds: int = 2
+    folds: int = 5
+    pruner_startup_trials: int = 3
+    pruner_warmup_epochs: int = 3
+
+
+SMOKE_BUDGET = Budget(trials_per_arm=2, max_epochs=2, patience=1, seeds=1, folds=2,
+                      pruner_startup_trials=1, pruner_warmup_epochs=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ablation:
+    """A question answered by comparing arms under an equal tuning budget.
+
+    Args:
+        name: experiment name (the script's stem, e.g. ``03_encoding_ablation``).
+        question: the question, in one sentence.
+        scientific: the scientific hyperparameter's name.
+        arms: the arms (values of the scientific hyperparameter).
+        nuisance: search space tuned separately, identically, in every arm.
+        fixed: ``section.field -> value`` settings fixed for every arm and trial.
+        budget: the default budget; ``smoke_budget`` for ``--smoke``.
+    """
+
+    name: str
+    question: str
+    scientific: str
+    arms: tuple[Arm, ...]
+    nuisance: SearchSpace = DEFAULT_NUISANCE
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    budget: Budget = Budget()
+    smoke_budget: Budget = SMOKE_BUDGET
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.arms]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ValueError(f"Ablation.arms: need at least two arms with distinct names, got {names}")
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise ValueError(f"unknown arm {name!r}; arms are {[a.name for a in self.arms]}")
+
+    def resolve(self, arm: Arm, params: Mapping[str, Any], budget: Budget, seed: int) -> tuple[ModelConfig, TrainConfig]:
+        """Model and training configs of one trial: defaults < fixed < sampled nuisance < arm.
+
+        The arm is applied last, so a nuisance parameter can never undo the scientific one.
+
+        Raises:
+            ValueError: an invalid combination (e.g. ``d_model`` not divisible by ``num_heads``
+                when ``key_dim`` is derived), naming the field.
+        """
+        sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+        free = {}
+        for source in (self.fixed, params, arm.overrides):
+            for key, value in source.items():
+                if "." in key:
+                    section, field = key.split(".", 1)
+                    if section == "data":
+                        continue
+                    if section not in sections:
+                        raise ValueError(f"{key}: unknown section {section!r} (expected model., train. or data.)")
+                    sections[section][field] = value
+                else:
+                    free[key] = value
+        if free.get("head") == "mlp":
+            sections["model"]["head_units"] = (int(free["head_units"]),)
+        elif free.get("head") == "linear":
+            sections["model"]["head_units"] = ()
+        sections["train"].update(max_epochs=budget.max_epochs, patience=budget.patience, seed=seed)
+        return ModelConfig.from_dict(sections["model"]), TrainConfig.from_dict(sections["train"])
+
+    def data_overrides(self) -> dict[str, Any]:
+        return {k.split(".", 1)[1]: v for k, v in self.fixed.items() if k.startswith("data.")}
+
+
+# ================================================================================================
+# Storage and studies
+# ================================================================================================
+def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
+    """Optuna storage from a URL: any SQLAlchemy URL (sqlite, postgresql, mysql) or
+    ``journal:///path/file.log`` for a journal file. ``None`` gives ``sqlite:///mlruns/optuna.db``.
+
+    SQLite gets a 60 s busy timeout so that several local processes can share one file; RDB storages
+    get a heartbeat (60 s, grace 180 s) so trials of killed processes are failed and retried.
+
+    Raises:
+        ValueError: an unparseable URL, naming it.
+    """
+    url = url or DEFAULT_STORAGE
+    if url.startswith("journal:"):
+        path = url[len("journal:"):].lstrip("/")
+        path = "/" + path if url.startswith("journal:///") else path
+        from optuna.storages.journal import JournalFileBackend
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
+    if "://" not in url:
+        raise ValueError(f"--storage {url!r}: expected a database URL (sqlite:///file.db, postgresql://...) "
+                         "or journal:///path/file.log")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        db_path = Path(url[len("sqlite:///"):])
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=60,
+            grace_period=180,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary by backend
+        raise ValueError(f"--storage {url!r}: cannot open the Optuna storage: {exc}") from None
+
+
+def _sampler(seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.QMCSampler(
+        qmc_type="sobol", scramble=True, seed=seed, warn_independent_sampling=False, warn_asynchronous_seeding=False
+    )
+
+
+def _pruner(budget: Budget) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=budget.pruner_startup_trials, n_warmup_steps=budget.pruner_warmup_epochs
+    )
+
+
+def study_name(ablation: Ablation, arm: Arm) -> str:
+    return f"{ablation.name}/{arm.name}"
+
+
+def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str = "maximize", wait_seconds: float = 120.0) -> optuna.Study:
+    """Create the study and enqueue exactly ``budget.trials_per_arm`` trials, or load it.
+
+    Creation is atomic in the storage, so when several processes start at once exactly one enqueues;
+    the others wait until the budget is recorded. A larger budget on a re-run enqueues the
+    difference (do that from one process).
+    """
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction,
+                                    sampler=_sampler(seed), pruner=_pruner(budget))
+        for _ in range(budget.trials_per_arm):
+            study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True})
+        study.set_user_attr("budget", budget.trials_per_arm)
+        return study
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(seed), pruner=_pruner(budget))
+    deadline = time.monotonic() + wait_seconds
+    while "budget" not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"study {name!r} exists but its budget was never recorded (creator died?)")
+        time.sleep(0.5)
+    recorded = int(study.user_attrs["budget"])
+    if budget.trials_per_arm > recorded:
+        for _ in range(budget.trials_per_arm - recorded):
+            study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True})
+        study.set_user_attr("budget", budget.trials_per_arm)
+    return study
+
+
+def _claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
+    """Atomically move one WAITING trial to RUNNING (storage check-and-set); ``None`` when none is left."""
+    storage = study._storage
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                return optuna.trial.Trial(study, frozen._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def budget_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state, interrupted ones (replaced by a retry) counted apart."""
+    counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "INTERRUPTED": 0}
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or t.user_attrs.get("stale")):
+            counts["INTERRUPTED"] += 1
+        else:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+class _Heartbeat:
+    """Records the RDB heartbeat of a running trial every interval (Optuna's own optimize loop does
+    this; claimed trials run outside it)."""
+
+    def __init__(self, study: optuna.Study, trial_id: int):
+        storage = study._storage
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        self._active = interval is not None and hasattr(storage, "record_heartbeat")
+        self._stop = threading.Event()
+        if self._active:
+            storage.record_heartbeat(trial_id)
+            self._thread = threading.Thread(
+                target=self._beat, args=(storage, trial_id, interval), daemon=True
+            )
+            self._thread.start()
+
+    def _beat(self, storage, trial_id: int, interval: int) -> None:
+        while not self._stop.wait(interval):
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat only risks a retry
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# ================================================================================================
+# Options, data and arms
+# ================================================================================================
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Command-line options shared by every experiment script (see :func:`build_parser`)."""
+
+    dataset: str = "sp500"
+    csv: str | None = None
+    target: str | None = None
+    trials: int | None = None
+    max_epochs: int | None = None
+    seeds: int | None = None
+    folds: int | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    seed: int = 0
+    smoke: bool = False
+    report: bool = True
+    jobs: int = 1
+    stage: str = "all"
+    arms: tuple[str, ...] | None = None
+    paths: int = 3
+
+    def budget(self, ablation: Ablation) -> Budget:
+        base = ablation.smoke_budget if self.smoke else ablation.budget
+        updates = {k: v for k, v in (("trials_per_arm", self.trials), ("max_epochs", self.max_epochs),
+                                     ("seeds", self.seeds), ("folds", self.folds)) if v is not None}
+        budget = dataclasses.replace(base, **updates)
+        for field in ("trials_per_arm", "max_epochs", "seeds", "folds"):
+            if getattr(budget, field) < 1:
+                raise ValueError(f"--{field.replace('_per_arm', '').replace('_', '-')}: must be >= 1, got {getattr(budget, field)}")
+        return budget
+
+
+def data_config(ablation: Ablation, options: RunOptions, budget: Budget) -> DataConfig:
+    """The resolved data configuration of a run (dataset, target, folds, fixed data settings)."""
+    values: dict[str, Any] = {"source": options.dataset, "num_folds": budget.folds}
+    if options.dataset == "csv":
+        if not options.csv:
+            raise ValueError("--csv PATH is required with --dataset csv")
+        values["csv_path"] = options.csv
+    if options.target:
+        values["target"] = options.target
+    values.update(ablation.data_overrides())
+    if options.smoke and options.dataset == "synthetic":
+        values.setdefault("synthetic_bars", 1500)
+    return DataConfig.from_dict(values)
+
+
+def evaluation_blocks(config: DataConfig, options: RunOptions, budget: Budget) -> list:
+    """The confirmation blocks: walk-forward folds on market/CSV data; on synthetic data, one split per
+    independently simulated path (``--paths``), each with its own Bayes-optimal ceiling.
+
+    The first block's train/val is the tuning period.
+    """
+    from regimetry import data as data_mod
+
+    if config.source == "synthetic":
+        n_paths = max(1, min(options.paths, budget.folds)) if options.smoke else max(1, options.paths)
+        return [
+            dataclasses.replace(data_mod.prepare(config.replace(synthetic_seed=config.synthetic_seed + p)), fold=p)
+            for p in range(n_paths)
+        ]
+    return list(data_mod.prepare_folds(config))
+
+
+def apply_arm_to_splits(arm: Arm, splits, seed: int):
+    """Variable-length arms: NaN-pad each window to a random length (deterministic per window)."""
+    if arm.min_window_fraction is None:
+        return splits
+    from regimetry.models import pad_windows
+
+    window = splits.window_size
+    min_len = max(1, math.ceil(arm.min_window_fraction * window))
+
+    def pad(split, salt: int):
+        rng = np.random.default_rng([seed, salt, len(split)])
+        lengths = rng.integers(min_len, window + 1, size=len(split))
+        return dataclasses.replace(split, X=pad_windows(split.X, lengths))
+
+    return dataclasses.replace(splits, train=pad(splits.train, 1), val=pad(splits.val, 2), test=pad(splits.test, 3))
+
+
+# ================================================================================================
+# Tuning
+# ================================================================================================
+@dataclasses.dataclass
+class _WorkerContext:
+    ablation: Ablation
+    options: RunOptions
+    budget: Budget
+    data_config: DataConfig
+    arm_run_ids: dict[str, str]
+    parent_run_id: str | None
+
+
+def _run_trial(ctx: _WorkerContext, study: optuna.Study, trial: optuna.Trial, arm: Arm, splits) -> None:
+    from regimetry import tracking, training
+
+    trial_seed = ctx.options.seed
+    tags = {
+        "stage": "trial",
+        "arm": arm.name,
+        "seed": str(trial_seed),
+        "optuna_trial": str(trial.number),
+        "optuna_study": study.study_name,
+        "optuna_state": "RUNNING",
+    }
+    heartbeat = _Heartbeat(study, trial._trial_id)
+    state = TrialState.FAIL
+    run_id = None
+    try:
+        with tracking.run(ctx.ablation.name, run_name=f"{arm.name}/trial-{trial.number}",
+                          parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
+            run_id = active.run_id
+            try:
+                params = ctx.ablation.nuisance.sample(trial)
+                model_cfg, train_cfg = ctx.ablation.resolve(arm, params, ctx.budget, trial_seed)
+                trial.set_user_attr("model_config", json.dumps(model_cfg.to_dict()))
+                trial.set_user_attr("train_config", json.dumps(train_cfg.to_dict()))
+                trial.set_user_attr("mlflow_run_id", active.run_id)
+                tracking.log_params({"optuna.trial": trial.number, **{f"nuisance.{k}": v for k, v in params.items()}})
+
+                def on_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+                    value = metrics.get(_monitor_key(train_cfg))
+                    if value is not None and math.isfinite(value):
+                        trial.report(float(value), epoch)
+                        if trial.should_prune():
+                            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+                try:
+                    result = training.fit(splits, model_cfg, train_cfg, epoch_callback=on_epoch)
+                except optuna.TrialPruned:
+                    state = TrialState.PRUNED
+                    active.set_status("KILLED")
+                    tracking.set_tags({"optuna_state": "PRUNED"})
+                    study.tell(trial, state=TrialState.PRUNED)
+                    return
+                tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="trial", arm=arm.name,
+                                          seed=trial_seed, test=False)
+                value = float(result.val_metrics[_monitor_metric(train_cfg)])
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"validation {train_cfg.monitor} is {value}")
+                tracking.set_tags({"optuna_state": "COMPLETE"})
+                study.tell(trial, value)
+                state = TrialState.COMPLETE
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the study
+                logger.warning("%s trial %d failed: %s: %s", arm.name, trial.number, type(exc).__name__, exc)
+                trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+                tracking.set_tags({"optuna_state": "FAIL", "error": f"{type(exc).__name__}: {exc}"[:500]})
+                study.tell(trial, state=TrialState.FAIL)
+                active.set_status("FAILED")
+    except KeyboardInterrupt:
+        # Give the slot back: this trial is FAIL (interrupted) and an identical WAITING trial replaces it.
+        trial.set_user_attr("interrupted", True)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        if run_id is not None:
+            tracking.set_tags({"optuna_state": "FAIL", "interrupted": "true"}, run_id=run_id)
+        study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True, "retry_of": trial.number})
+        raise
+    finally:
+        heartbeat.stop()
+    _progress(study, arm, trial.number, state, ctx.budget)
+
+
+def _monitor_metric(train_cfg: TrainConfig) -> str:
+    return train_cfg.monitor.split("val_", 1)[1]
+
+
+def _monitor_key(train_cfg: TrainConfig) -> str:
+    return "val/" + _monitor_metric(train_cfg)
+
+
+def _progress(study: optuna.Study, arm: Arm, number: int, state: TrialState, budget: Budget) -> None:
+    counts = budget_counts(study)
+    done = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    try:
+        best = f"{study.best_value:.4f}"
+    except ValueError:
+        best = "-"
+    print(f"[{study.study_name}] trial {number} {state.name:<8} | {done}/{study.user_attrs.get('budget', budget.trials_per_arm)} "
+          f"done | best val {best}", flush=True)
+
+
+def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> None:
+    """Claim and run WAITING trials of every arm's study until none is left (safe in many processes)."""
+    from regimetry import training
+
+    storage = resolve_storage(ctx.options.storage)
+    tuning_blocks = None
+    for arm in ctx.ablation.arms:
+        if arm_names is not None and arm.name not in arm_names:
+            continue
+        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed)
+        optuna.storages.fail_stale_trials(study)
+        while True:
+            trial = _claim_waiting_trial(study)
+            if trial is None:
+                break
+            if tuning_blocks is None:
+                tuning_blocks = _tuning_splits(ctx)
+            training.set_global_seed(ctx.options.seed)
+            _run_trial(ctx, study, trial, arm, apply_arm_to_splits(arm, tuning_blocks, ctx.options.seed))
+
+
+def _tuning_splits(ctx: _WorkerContext):
+    from regimetry import data as data_mod
+
+    config = ctx.data_config
+    if config.source == "synthetic":
+        return data_mod.prepare(config)
+    return data_mod.prepare_folds(config)[0]
+
+
+def _worker_process(ctx: _WorkerContext, arm_names, tracking_uri: str) -> None:
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    _configure_logging()
+    run_worker(ctx, arm_names)
+
+
+# ================================================================================================
+# Confirmation and summary
+# ================================================================================================
+@dataclasses.dataclass
+class ArmConfirmation:
+    arm: str
+    best_trial: int
+    best_value: float
+    model_config: ModelConfig
+    train_config: TrainConfig
+    # per block: y_true (n,), probs (n, seeds, classes)
+    y_true: list[np.ndarray]
+    probs: list[np.ndarray]
+    per_run: list[dict[str, Any]]
+    edge_warnings: list[str]
+    fraction_pruned: float
+    fraction_failed: float
+
+
+def _best_configs(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, ModelConfig, TrainConfig]:
+    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not completed:
+        raise RuntimeError(f"study {study.study_name!r} has no COMPLETE trial to confirm (all pruned or failed)")
+    best = study.best_trial
+    return (best, ModelConfig.from_dict(json.loads(best.user_attrs["model_config"])),
+            TrainConfig.from_dict(json.loads(best.user_attrs["train_config"])))
+
+
+def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int,
+                 model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    from regimetry import tracking, training
+
+    arm = ctx.ablation.arm(arm_name)
+    blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
+    splits = apply_arm_to_splits(arm, blocks[block_index], ctx.options.seed)
+    train_cfg = train_cfg.replace(seed=seed)
+    training.set_global_seed(seed)
+    tags = {"stage": "confirm", "arm": arm.name, "seed": str(seed), "fold": str(block_index)}
+    with tracking.run(ctx.ablation.name, run_name=f"{arm.name}/confirm-fold{block_index}-seed{seed}",
+                      parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
+        result = training.fit(splits, model_cfg, train_cfg)
+        tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="confirm", arm=arm.name,
+                                  seed=seed, test=True, full_model=True)
+        probs = training.predict_proba(result.model, splits.test.X)
+        run_id = active.run_id
+    out = {"arm": arm.name, "fold": block_index, "seed": seed, "run_id": run_id,
+           "y_true": splits.test.y, "probs": probs, "index": splits.test.index}
+    if splits.config.source == "synthetic":
+        out["ceiling"] = _ceiling_accuracy(splits)
+    return out
+
+
+def _confirm_process(ctx: _WorkerContext, tasks, tracking_uri: str, queue) -> None:
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    _configure_logging()
+    for task in tasks:
+        queue.put(_confirm_one(ctx, *task))
+
+
+def _ceiling_accuracy(splits) -> dict[str, float] | None:
+    """Accuracy and balanced accuracy of the Hamilton filter (true parameters) on the test windows."""
+    posterior = splits.extras.get("filter_posterior")
+    if posterior is None:
+        return None
+    posterior = np.asarray(posterior)
+    pred = posterior[splits.test.positions].argmax(axis=1)
+    y = splits.test.y
+    return {"accuracy": float(np.mean(pred == y)),
+            "balanced_accuracy": evaluation.seed_averaged_metric("balanced_accuracy", y, pred, splits.num_classes)}
+
+
+def _baseline_predictions(ctx: _WorkerContext, blocks) -> dict[str, Any] | None:
+    """HAR-RV test probabilities per block (the strongest classical baseline), or ``None``."""
+    try:
+        from regimetry import baselines
+    except ImportError:
+        return None
+    if ctx.data_config.resolved_target != "forward_vol_regime":
+        return None
+    preds = []
+    for splits in blocks:
+        try:
+            result = baselines.run_baseline(BASELINE_FOR_COMPARISON, splits)
+        except Exception as exc:  # noqa: BLE001 - a baseline problem must not lose the ablation
+            logger.warning("baseline %s failed on block %s: %s", BASELINE_FOR_COMPARISON, splits.fold, exc)
+            return None
+        probs = getattr(result, "test_probs", None)
+        preds.append(probs if probs is not None else np.asarray(result.test_pred))
+    return {"name": BASELINE_FOR_COMPARISON, "per_block": preds}
+
+
+def summarize(ablation: Ablation, confirmations: list[ArmConfirmation], num_classes: int, horizon: int,
+              baseline: dict[str, Any] | None, stride: int = 1, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per-arm tables, paired differences and verdicts from pooled confirmation predictions."""
+    block_length = max(1, math.ceil(horizon / stride))
+    rows, per_block_rows, diff_rows, verdicts = [], [], [], []
+    pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for conf in confirmations:
+        y = np.concatenate(conf.y_true)
+        probs = np.concatenate(conf.probs, axis=0)  # (n, seeds, classes)
+        pooled[conf.arm] = (y, probs)
+        preds = probs.argmax(axis=-1)
+        row: dict[str, Any] = {"arm": conf.arm, "best_trial": conf.best_trial, "best_val": conf.best_value,
+                               "n_test_windows": int(y.size), "seeds": probs.shape[1],
+                               "fraction_pruned": conf.fraction_pruned, "fraction_failed": conf.fraction_failed}
+        for metric in METRICS_OF_RECORD:
+            source = probs if metric == "log_loss" else preds
+            per_seed = [evaluation.seed_averaged_metric(metric, y, source[:, s], num_classes) for s in range(probs.shape[1])]
+            mean, std, ci = evaluation.mean_ci(per_seed)
+            boot = evaluation.block_bootstrap_ci(metric, y, source, num_classes, block_length=block_length,
+                                                 n_boot=n_boot, seed=seed)
+            row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_seed_ci_low": ci.lower,
+                        f"{metric}_seed_ci_high": ci.upper, f"{metric}_pooled": boot.estimate,
+                        f"{metric}_boot_ci_low": boot.lower, f"{metric}_boot_ci_high": boot.upper})
+        row["edge_warnings"] = "; ".join(conf.edge_warnings)
+        rows.append(row)
+        for b, (yb, pb) in enumerate(zip(conf.y_true, conf.probs)):
+            per_block_rows.append({"arm": conf.arm, "fold": b, "n_test_windows": int(yb.size), **{
+                metric: evaluation.seed_averaged_metric(metric, yb, pb if metric == "log_loss" else pb.argmax(-1), num_classes)
+                for metric in METRICS_OF_RECORD}})
+
+    comparisons: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    arms = [c.arm for c in confirmations]
+    for i, a in enumerate(arms):
+        for b in arms[i + 1:]:
+            comparisons.append((a, b, pooled[a][1], pooled[b][1]))
+    if baseline is not None:
+        base = np.concatenate([np.asarray(p) for p in baseline["per_block"]], axis=0)
+        for a in arms:
+            if base.shape[0] == pooled[a][0].shape[0]:
+                comparisons.append((a, baseline["name"], pooled[a][1], base))
+    y_any = pooled[arms[0]][0]
+    for a, b, pa, pb in comparisons:
+        for metric in METRICS_OF_RECORD:
+            if metric == "log_loss" and (pb.ndim == 1 or pa.ndim == 1):
+                continue
+            sa = pa if metric == "log_loss" else pa.argmax(-1)
+            sb = pb if metric == "log_loss" else (pb.argmax(-1) if pb.ndim >= 2 else pb)
+            diff = evaluation.paired_block_bootstrap(metric, y_any, sa, sb, num_classes, block_length=block_length,
+                                                     n_boot=n_boot, seed=seed)
+            line = evaluation.verdict(a, b, metric, diff)
+            diff_rows.append({"a": a, "b": b, "metric": metric, "difference": diff.estimate,
+                              "ci_low": diff.lower, "ci_high": diff.upper, "verdict": line})
+            if metric == "balanced_accuracy":
+                verdicts.append(line)
+    return {"arms": pd.DataFrame(rows), "per_fold": pd.DataFrame(per_block_rows),
+            "differences": pd.DataFrame(diff_rows), "verdicts": verdicts, "block_length": block_length}
+
+
+def _markdown(summary: dict[str, Any], ablation: Ablation, budget: Budget) -> str:
+    arms = summary["arms"]
+    lines = [f"# {ablation.name}", "", f"**Question.** {ablation.question}", "",
+             f"Scientific hyperparameter: {ablation.scientific}. Budget: {budget.trials_per_arm} trials per arm, "
+             f"max {budget.max_epochs} epochs, {budget.folds} folds x {budget.seeds} seeds in confirmation; "
+             f"block length {summary['block_length']} windows.", "",
+             "| arm | best val | balanced acc. (seed mean, 95% CI) | pooled balanced acc. [block bootstrap 95%] | "
+             "macro-F1 | log loss | pruned | failed |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in arms.iterrows():
+        lines.append(
+            f"| {r['arm']} | {r['best_val']:.3f} | {r['balanced_accuracy_mean']:.3f} "
+            f"[{r['balanced_accuracy_seed_ci_low']:.3f}, {r['balanced_accuracy_seed_ci_high']:.3f}] | "
+            f"{r['balanced_accuracy_pooled']:.3f} [{r['balanced_accuracy_boot_ci_low']:.3f}, "
+            f"{r['balanced_accuracy_boot_ci_high']:.3f}] | {r['macro_f1_pooled']:.3f} | {r['log_loss_pooled']:.3f} | "
+            f"{r['fraction_pruned']:.0%} | {r['fraction_failed']:.0%} |")
+    lines += ["", "## Verdicts (balanced accuracy, paired block bootstrap)", ""]
+    lines += [f"- {v}" for v in summary["verdicts"]] or ["- (no comparisons)"]
+    warnings = [f"- {r['arm']}: {r['edge_warnings']}" for _, r in arms.iterrows() if r["edge_warnings"]]
+    if warnings:
+        lines += ["", "## Best trials on the edge of the search space", ""] + warnings
+    if len(summary["per_fold"]):
+        lines += ["", "## Per fold (test balanced accuracy, mean over seeds)", "",
+                  summary["per_fold"].pivot(index="fold", columns="arm", values="balanced_accuracy").round(3).to_markdown()
+                  if _has_tabulate() else summary["per_fold"].to_string(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ================================================================================================
+# Orchestration
+# ================================================================================================
+def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
+    """Tune every arm, confirm every arm's best configuration, summarise and log. Returns the summary."""
+    from regimetry import tracking
+
+    budget = options.budget(ablation)
+    config = data_config(ablation, options, budget)
+    tracking_uri = tracking.resolve_tracking_uri(options.tracking_uri)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    storage_url = options.storage or DEFAULT_STORAGE
+    arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
+    started = time.monotonic()
+    parent_tags = {
+        "stage": "study", "dataset": config.dataset_name, "scientific": ablation.scientific,
+        "optuna_storage": _redact(storage_url),
+        "optuna_studies": json.dumps([study_name(ablation, a) for a in arm_list]),
+        "question": ablation.question[:4000], "seed": str(options.seed),
+    }
+    with tracking.run(ablation.name, run_name=f"{ablation.name} ({options.stage})", tags=parent_tags) as parent:
+        tracking.log_params({**{f"budget.{k}": v for k, v in dataclasses.asdict(budget).items()},
+                             **config.flat(), "options.jobs": options.jobs, "options.smoke": options.smoke})
+        tracking.log_dict({"arms": [dataclasses.asdict(a) | {"overrides": dict(a.overrides)} for a in arm_list],
+                           "nuisance": ablation.nuisance.describe(), "fixed": dict(ablation.fixed)},
+                          "ablation.json")
+        arm_run_ids = {}
+        for arm in arm_list:
+            with tracking.run(ablation.name, run_name=arm.name, parent_run_id=parent.run_id,
+                              tags={"stage": "arm", "arm": arm.name, "dataset": config.dataset_name,
+                                    "optuna_study": study_name(ablation, arm)}) as arm_run:
+                tracking.log_params({f"arm.{k}": v for k, v in arm.overrides.items()})
+                arm_run_ids[arm.name] = arm_run.run_id
+        ctx = _WorkerContext(ablation, options, budget, config, arm_run_ids, parent.run_id)
+        names = [a.name for a in arm_list]
+
+        if options.stage in ("all", "tune"):
+            print(f"== {ablation.name}: tuning {len(arm_list)} arms x {budget.trials_per_arm} trials "
+                  f"(storage {_redact(storage_url)}, {options.jobs} process(es))", flush=True)
+            _run_parallel(options.jobs, _worker_process, [(ctx, names, tracking_uri)] * options.jobs, ctx, names)
+        if options.stage == "tune":
+            return {}
+
+        print(f"== {ablation.name}: confirming best configurations ({budget.folds} blocks x {budget.seeds} seeds)",
+              flush=True)
+        summary = _confirm_and_summarize(ctx, arm_list, tracking_uri)
+        tracking.set_tags({"wall_seconds": f"{time.monotonic() - started:.0f}"})
+        tracking.log_metrics({"wall_seconds": time.monotonic() - started})
+        summary["parent_run_id"] = parent.run_id
+        if options.report:
+            try:
+                from regimetry import reports
+            except ImportError:
+                reports = None
+            if reports is not None:
+                reports.render_ablation_report(ablation.name, tracking_uri=tracking_uri, storage=storage_url,
+                                               parent_run_id=parent.run_id)
+    return summary
+
+
+def _run_parallel(jobs: int, target: Callable, args_list, ctx, names) -> None:
+    if jobs <= 1:
+        run_worker(ctx, names)
+        return
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=target, args=args) for args in args_list]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=30)
+        raise
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker process(es) exited with codes {failed}")
+
+
+def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_uri: str) -> dict[str, Any]:
+    from regimetry import tracking
+
+    storage = resolve_storage(ctx.options.storage)
+    blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
+    seeds = [ctx.options.seed + s for s in range(ctx.budget.seeds)]
+    plan, bests = [], {}
+    for arm in arm_list:
+        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed)
+        best, model_cfg, train_cfg = _best_configs(study)
+        bests[arm.name] = (study, best, model_cfg, train_cfg)
+        plan += [(arm.name, b, seed, model_cfg, train_cfg) for b in range(len(blocks)) for seed in seeds]
+
+    results = []
+    if ctx.options.jobs <= 1:
+        for task in plan:
+            results.append(_confirm_one(ctx, *task))
+            _confirm_progress(results, plan)
+    else:
+        context = mp.get_context("spawn")
+        queue = context.Queue()
+        chunks = [plan[i::ctx.options.jobs] for i in range(ctx.options.jobs)]
+        procs = [context.Process(target=_confirm_process, args=(ctx, chunk, tracking_uri, queue)) for chunk in chunks]
+        for p in procs:
+            p.start()
+        while len(results) < len(plan):
+            try:
+                results.append(queue.get(timeout=5))
+                _confirm_progress(results, plan)
+            except Exception:  # queue.Empty
+                if not any(p.is_alive() for p in procs) and queue.empty():
+                    raise RuntimeError("a confirmation process died before finishing its runs") from None
+        for p in procs:
+            p.join()
+
+    confirmations = []
+    for arm in arm_list:
+        study, best, model_cfg, train_cfg = bests[arm.name]
+        counts = budget_counts(study)
+        total = max(1, counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"])
+        ys, probs, per_run = [], [], []
+        for b in range(len(blocks)):
+            runs = sorted((r for r in results if r["arm"] == arm.name and r["fold"] == b), key=lambda r: r["seed"])
+            ys.append(runs[0]["y_true"])
+            probs.append(np.stack([r["probs"] for r in runs], axis=1))
+            per_run += [{k: v for k, v in r.items() if k not in ("y_true", "probs", "index")} for r in runs]
+        confirmations.append(ArmConfirmation(
+            arm.name, best.number, float(best.value), model_cfg, train_cfg, ys, probs, per_run,
+            ctx.ablation.nuisance.edge_warnings(best.params), counts["PRUNED"] / total, counts["FAIL"] / total))
+
+    num_classes = blocks[0].num_classes
+    baseline = _baseline_predictions(ctx, blocks)
+    summary = summarize(ctx.ablation, confirmations, num_classes, ctx.data_config.horizon, baseline,
+                        stride=ctx.data_config.stride, seed=ctx.options.seed)
+    if ctx.data_config.source == "synthetic":
+        summary["ceilings"] = _ceiling_table(results, blocks)
+
+    # Log: arm-level metrics, parent-level tables.
+    for conf, (_, row) in zip(confirmations, summary["arms"].iterrows()):
+        arm_run = ctx.arm_run_ids[conf.arm]
+        tracking.log_metrics({f"confirm/test/{k}": float(v) for k, v in row.items()
+                              if isinstance(v, (int, float, np.floating)) and k not in ("best_trial",)}, run_id=arm_run)
+        tracking.log_metrics({"tuning/best_val": conf.best_value, "tuning/fraction_pruned": conf.fraction_pruned,
+                              "tuning/fraction_failed": conf.fraction_failed}, run_id=arm_run)
+        tracking.set_tags({"best_trial": str(conf.best_trial), "edge_warnings": row["edge_warnings"] or "none"},
+                          run_id=arm_run)
+        tracking.log_dict({"model": conf.model_config.to_dict(), "train": conf.train_config.to_dict()},
+                          "best_config.json", run_id=arm_run)
+        for fold_row in summary["per_fold"][summary["per_fold"]["arm"] == conf.arm].to_dict("records"):
+            tracking.log_metrics({f"fold{fold_row['fold']}/test/{m}": fold_row[m] for m in METRICS_OF_RECORD},
+                                 run_id=arm_run)
+    markdown = _markdown(summary, ctx.ablation, ctx.budget)
+    tracking.log_text(markdown, "summary/summary.md")
+    tracking.log_text(summary["arms"].to_csv(index=False), "summary/arms.csv")
+    tracking.log_text(summary["per_fold"].to_csv(index=False), "summary/per_fold.csv")
+    tracking.log_text(summary["differences"].to_csv(index=False), "summary/differences.csv")
+    tracking.log_text("\n".join(summary["verdicts"]) + "\n", "summary/verdicts.txt")
+    if "ceilings" in summary:
+        tracking.log_text(summary["ceilings"].to_csv(index=False), "summary/ceilings.csv")
+    tracking.set_tags({"verdicts": " | ".join(summary["verdicts"])[:4900]})
+    print()
+    print(markdown, flush=True)
+    return summary
+
+
+def _ceiling_table(results, blocks) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        ceiling = r.get("ceiling")
+        if not ceiling:
+            continue
+        pred = r["probs"].argmax(-1)
+        acc = float(np.mean(pred == r["y_true"]))
+        rows.append({"arm": r["arm"], "path": r["fold"], "seed": r["seed"], "accuracy": acc,
+                     "ceiling_accuracy": ceiling["accuracy"], "fraction_of_ceiling": acc / ceiling["accuracy"],
+                     "ceiling_balanced_accuracy": ceiling["balanced_accuracy"]})
+    return pd.DataFrame(rows)
+
+
+def _confirm_progress(results, plan) -> None:
+    r = results[-1]
+    print(f"[confirm] {len(results)}/{len(plan)} {r['arm']} fold {r['fold']} seed {r['seed']} done", flush=True)
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL before it is logged."""
+    if "://" in url and "@" in url.split("://", 1)[1]:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+# ================================================================================================
+# Command line
+# ================================================================================================
+def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
+    b = ablation.budget
+    parser = argparse.ArgumentParser(
+        prog=f"python experiments/{ablation.name}.py",
+        description=f"{ablation.question} (arms: {', '.join(a.name for a in ablation.arms)})",
+    )
+    parser.add_argument("--dataset", choices=("sp500", "nasdaq", "synthetic", "csv"), default="sp500")
+    parser.add_argument("--csv", metavar="PATH", help="CSV of bars + indicators (with --dataset csv)")
+    parser.add_argument("--target", help="forward_vol_regime (default on market data), true_regime, column:<name>")
+    parser.add_argument("--trials", type=int, help=f"Optuna trials per arm (default {b.trials_per_arm})")
+    parser.add_argument("--max-epochs", type=int, help=f"epoch cap per training run (default {b.max_epochs})")
+    parser.add_argument("--seeds", type=int, help=f"confirmation seeds per fold (default {b.seeds})")
+    parser.add_argument("--folds", type=int, help=f"walk-forward folds / synthetic paths (default {b.folds})")
+    parser.add_argument("--paths", type=int, default=3, help="synthetic data: independently simulated paths")
+    parser.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE}); "
+                                          "postgresql://..., mysql://..., journal:///path/file.log")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+                                               "sqlite:///mlruns/mlflow.db)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampler, training and bootstrap (default 0)")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--stage", choices=("all", "tune", "confirm"), default="all",
+                        help="tune only (e.g. many machines on one storage), confirm only, or both")
+    parser.add_argument("--arms", help="comma-separated subset of arms")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests (< 2 minutes)")
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip the papermill report")
+    return parser
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point of an experiment script. Returns the process exit code."""
+    parser = build_parser(ablation)
+    args = parser.parse_args(argv)
+    _configure_logging()
+    arms = tuple(a.strip() for a in args.arms.split(",")) if args.arms else None
+    try:
+        if arms:
+            for name in arms:
+                ablation.arm(name)
+        if args.jobs < 1:
+            raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
+        options = RunOptions(
+            dataset=args.dataset, csv=args.csv, target=args.target, trials=args.trials, max_epochs=args.max_epochs,
+            seeds=args.seeds, folds=args.folds, storage=args.storage, tracking_uri=args.tracking_uri, seed=args.seed,
+            smoke=args.smoke, report=args.report, jobs=args.jobs, stage=args.stage, arms=arms, paths=args.paths,
+        )
+        options.budget(ablation)
+        run_ablation(ablation, options)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are stored; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+# ================================================================================================
+# Read access for reports (keeps optuna imports inside this module)
+# ================================================================================================
+def study_names(experiment: str, storage_url: str | None = None) -> list[str]:
+    """Names of the stored studies of an experiment (``<experiment>/<arm>``), in creation order."""
+    storage = resolve_storage(storage_url)
+    return [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"{experiment}/")]
+
+
+def study_trials_frame(name: str, storage_url: str | None = None) -> pd.DataFrame:
+    """One row per trial: ``number``, ``state``, ``value``, ``params_*``, durations (Optuna's dataframe).
+
+    Raises:
+        ValueError: no study of that name in the storage.
+    """
+    storage = resolve_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no Optuna study named {name!r} in {_redact(storage_url or DEFAULT_STORAGE)}") from None
+    return study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
+
+
+def param_importances(name: str, storage_url: str | None = None) -> dict[str, float]:
+    """fANOVA parameter importances of a study's COMPLETE trials (empty when fewer than 2 or no spread)."""
+    storage = resolve_storage(storage_url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if len(complete) < 2 or len({t.value for t in complete}) < 2:
+        return {}
+    try:
+        return dict(optuna.importance.get_param_importances(study))
+    except (RuntimeError, ValueError) as exc:
+        logger.warning("parameter importances unavailable for %s: %s", name, exc)
+        return {}

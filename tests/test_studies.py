@@ -1,0 +1,173 @@
+"""The ablation harness: equal budgets, FAIL/PRUNED bookkeeping, resume, two processes, smoke runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from regimetry import studies, tracking
+from regimetry.studies import Ablation, Arm, Budget, Categorical, Float, SearchSpace
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SPACE = SearchSpace((
+    Float("train.learning_rate", low=5e-4, high=3e-3, log=True),
+    Categorical("model.d_model", choices=(8, 16)),
+    Categorical("head", choices=("linear", "mlp")),
+    Categorical("head_units", choices=(8, 16), when=("head", "mlp")),
+))
+TINY_BUDGET = Budget(trials_per_arm=3, max_epochs=2, patience=1, seeds=1, folds=2,
+                     pruner_startup_trials=1, pruner_warmup_epochs=0)
+
+
+def _tiny(name="tiny_ablation", arms=None):
+    return Ablation(
+        name=name,
+        question="Is a tiny test question answered?",
+        scientific="model.pooling",
+        arms=arms or (Arm("mean", {"model.pooling": "mean"}), Arm("last", {"model.pooling": "last"})),
+        nuisance=TINY_SPACE,
+        fixed={"model.num_layers": 1, "model.num_heads": 2, "model.ff_dim": 16, "data.window_size": 12,
+               "data.synthetic_bars": 900},
+        budget=TINY_BUDGET,
+        smoke_budget=TINY_BUDGET,
+    )
+
+
+def _args(tmp_path, *extra):
+    return ["--dataset", "synthetic", "--smoke", "--no-report", "--paths", "2",
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+            "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra]
+
+
+def _study(tmp_path, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/optuna.db")
+
+
+def _runs(tmp_path, experiment):
+    return tracking.search_runs(experiment, tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+
+
+def test_search_space_conditions_and_edges():
+    trial = optuna.trial.FixedTrial({"train.learning_rate": 1e-3, "model.d_model": 8, "head": "linear"})
+    assert TINY_SPACE.sample(trial) == {"train.learning_rate": 1e-3, "model.d_model": 8, "head": "linear"}
+    space = SearchSpace((Float("lr", low=1e-4, high=1e-2, log=True), Categorical("w", choices=(8, 16, 32))))
+    warnings = space.edge_warnings({"lr": 1.02e-4, "w": 16})
+    assert len(warnings) == 1 and "lr" in warnings[0] and "lower edge" in warnings[0]
+    assert space.edge_warnings({"lr": 1e-3, "w": 32}) == ["w=32 is at the upper edge of the search space"]
+
+
+def test_resolve_applies_arm_last_and_builds_head():
+    ablation = _tiny()
+    model, train = ablation.resolve(ablation.arms[1], {"model.pooling": "max", "head": "mlp", "head_units": 8},
+                                    TINY_BUDGET, seed=7)
+    assert model.pooling == "last" and model.head_units == (8,) and model.num_layers == 1
+    assert (train.max_epochs, train.seed) == (2, 7)
+    with pytest.raises(ValueError, match="d_model"):
+        ablation.resolve(ablation.arms[0], {"model.d_model": -3}, TINY_BUDGET, seed=0)
+
+
+def test_ensure_study_enqueues_exact_budget_once(tmp_path):
+    storage = studies.resolve_storage(f"sqlite:///{tmp_path}/s.db")
+    first = studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0)
+    again = studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0)
+    assert len(first.get_trials()) == len(again.get_trials()) == 3
+    bigger = studies.ensure_study(storage, "x/a", Budget(trials_per_arm=5), seed=0)
+    assert len(bigger.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 5
+
+
+def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, monkeypatch):
+    ablation = _tiny(arms=(Arm("ok", {"model.pooling": "mean"}),
+                           Arm("broken", {"model.pooling": "mean", "model.d_model": -1})))
+    # An always-pruning pruner (Optuna's ThresholdPruner: any value below 2 prunes) for the "ok" arm.
+    monkeypatch.setattr(studies, "_pruner", lambda budget: optuna.pruners.ThresholdPruner(lower=2.0))
+    code = studies.main(ablation, _args(tmp_path, "--stage", "tune", "--trials", "2"))
+    assert code == 0
+    ok, broken = _study(tmp_path, "tiny_ablation/ok"), _study(tmp_path, "tiny_ablation/broken")
+    assert [t.state.name for t in ok.trials] == ["PRUNED", "PRUNED"]
+    assert [t.state.name for t in broken.trials] == ["FAIL", "FAIL"]
+    runs = _runs(tmp_path, "tiny_ablation")
+    trials = runs[runs["tags.stage"] == "trial"]
+    by_state = trials.groupby("tags.optuna_state")["status"].agg(set).to_dict()
+    assert by_state == {"PRUNED": {"KILLED"}, "FAIL": {"FAILED"}}
+    assert "RUNNING" not in set(runs["status"])
+
+
+def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeypatch):
+    from regimetry import training
+
+    ablation = _tiny()
+    real_fit = training.fit
+    calls = {"n": 0}
+
+    def interrupting_fit(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", interrupting_fit)
+    args = _args(tmp_path, "--stage", "tune", "--arms", "mean", "--trials", "2")
+    assert studies.main(ablation, args) == 130
+    counts = studies.budget_counts(_study(tmp_path, "tiny_ablation/mean"))
+    assert counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] == 1 and counts["INTERRUPTED"] == 1
+    assert counts["WAITING"] == 1  # the interrupted slot was given back
+    assert "RUNNING" not in set(_runs(tmp_path, "tiny_ablation")["status"])
+
+    resumed = {"n": 0}
+
+    def counting_fit(*a, **k):
+        resumed["n"] += 1
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(training, "fit", counting_fit)
+    assert studies.main(ablation, args) == 0
+    counts = studies.budget_counts(_study(tmp_path, "tiny_ablation/mean"))
+    assert counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] == 2, counts
+    assert counts["WAITING"] == counts["RUNNING"] == 0 and counts["INTERRUPTED"] == 1
+    assert resumed["n"] == 1  # the resumed run trained exactly the one missing trial
+    runs = _runs(tmp_path, "tiny_ablation")
+    assert "RUNNING" not in set(runs["status"])
+    trial_runs = runs[runs["tags.stage"] == "trial"]
+    interrupted = trial_runs[trial_runs["tags.interrupted"] == "true"]
+    assert list(interrupted["status"]) == ["KILLED"] and list(interrupted["tags.optuna_state"]) == ["FAIL"]
+    assert len(trial_runs) == 3
+
+
+def test_two_processes_finish_exactly_the_budget(tmp_path):
+    script = ROOT / "experiments" / "03_encoding_ablation.py"
+    cmd = [sys.executable, str(script), *_args(tmp_path, "--stage", "tune", "--trials", "3", "--arms", "none",
+                                                "--max-epochs", "1")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    study = _study(tmp_path, "03_encoding_ablation/none")
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(study.trials) == len(finished) == 3
+    assert sorted(t.number for t in study.trials) == [0, 1, 2]
+    runs = _runs(tmp_path, "03_encoding_ablation")
+    trial_runs = runs[runs["tags.stage"] == "trial"]
+    assert sorted(trial_runs["tags.optuna_trial"].astype(int)) == [0, 1, 2]
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ABLATION
+
+
+@pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation"])
+def test_experiment_declarations(script):
+    ablation = _load_script(script)
+    assert ablation.name == script and len(ablation.arms) >= 2
+    for arm in ablation.arms:  # every arm resolves to a valid config with the default nuisance space
+        ablation.resolve(arm, {"head": "linear"}, ablation.budget, seed=0)
