@@ -188,6 +188,7 @@ def render_notebook(
     Raises:
         FileNotFoundError: the notebook does not exist.
         TypeError: a parameter of another type (naming it).
+        ValueError: a parameter the notebook's ``parameters`` cell does not declare (naming it).
         ReportError: a cell raised; the message names the cell and its error (type, message and the
             last lines of the traceback) and the partially executed notebook (and its HTML) is kept.
     """
@@ -203,6 +204,11 @@ def render_notebook(
             params[str(key)] = _plain(value)
         except TypeError as exc:
             raise TypeError(f"{source.name}: parameter {key!r}: {exc}") from None
+    declared = papermill.inspect_notebook(str(source))
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(f"{source.name}: unknown parameter(s) {unknown}; the notebook's parameters cell "
+                         f"declares {sorted(declared)}")
     out_dir = Path(output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or source.stem
@@ -887,6 +893,8 @@ def optimization_history_figure(frames: Mapping[str, pd.DataFrame | str], direct
     """
     from matplotlib.figure import Figure
 
+    from matplotlib.ticker import MaxNLocator
+
     usable = {a: f for a, f in frames.items() if isinstance(f, pd.DataFrame) and len(f)}
     if not usable:
         return None
@@ -909,6 +917,7 @@ def optimization_history_figure(frames: Mapping[str, pd.DataFrame | str], direct
                            label=f"{state.lower()} ({len(sub)})")
         ax.set_title(arm, fontsize=9)
         ax.set_xlabel("trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     axes[0].set_ylabel("validation objective")
@@ -938,6 +947,8 @@ def histories_figure(histories: Mapping[str, Mapping[str, list[tuple[int, float]
     """Training curves of several runs: one panel per metric, one line per run; ``None`` if empty."""
     from matplotlib.figure import Figure
 
+    from matplotlib.ticker import MaxNLocator
+
     keys = list(dict.fromkeys(k for h in histories.values() for k in h))
     if not keys:
         return None
@@ -950,6 +961,7 @@ def histories_figure(histories: Mapping[str, Mapping[str, list[tuple[int, float]
                 ax.plot(steps, values, marker=".", lw=1, label=label)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6)
     if title:

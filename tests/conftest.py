@@ -86,7 +86,7 @@ def tiny_ablation_store(tmp_path_factory):
         nuisance=SearchSpace((Float("train.learning_rate", low=1e-3, high=3e-3, log=True),
                               Categorical("model.d_model", choices=(8, 16)))),
         fixed={"model.num_layers": 1, "model.num_heads": 2, "model.ff_dim": 16, "data.window_size": 10,
-               "data.synthetic_bars": 1200, "data.features": ["log_return", "abs_return", "rv_5"]},
+               "data.synthetic_bars": 900, "data.features": ["log_return", "abs_return", "rv_5"]},
         budget=budget,
         smoke_budget=budget,
     )

@@ -235,6 +235,25 @@ def test_parameters_round_trip_with_types_in_the_current_interpreter(tmp_path):
     assert got == values
     with pytest.raises(TypeError, match="parameter 'number'"):
         reports.render_notebook(source, tmp_path / "out", {"number": object()})
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['numbr'\]"):
+        reports.render_notebook(source, tmp_path / "out", {"numbr": 1})
+
+
+def test_report_notebooks_are_stored_without_outputs_and_declare_their_parameters():
+    import papermill
+
+    expected = {"ablation_report.ipynb": ["experiment", "tracking_uri", "storage", "parent_run_id", "metric",
+                                          "max_pruned_fraction", "max_failed_fraction"],
+                "data_report.ipynb": ["data_config"]}
+    for name, params in expected.items():
+        book = nbformat.read(reports.NOTEBOOK_DIR / name, as_version=4)
+        nbformat.validate(book)
+        code = [c for c in book.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), name
+        assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, name
+        assert list(papermill.inspect_notebook(str(reports.NOTEBOOK_DIR / name))) == params, name
+        sources = "\n".join(c.source for c in code)
+        assert "import mlflow" not in sources and "import optuna" not in sources, name
 
 
 def test_failing_cell_gives_clear_error_and_keeps_partial_notebook(tmp_path):
