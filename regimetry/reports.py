@@ -252,16 +252,45 @@ def _to_html(notebook: Path, html: Path, quiet: bool = False) -> None:
 
 
 def _absolute_url(url: str | None) -> str | None:
-    """SQLite / journal-file URLs with a relative path made absolute (the kernel runs elsewhere)."""
+    """SQLite / journal-file URLs with a relative path made absolute (the kernel runs elsewhere).
+
+    ``sqlite:///rel.db`` is relative and ``sqlite:////abs.db`` absolute (SQLAlchemy); ``journal:///abs.log``
+    is absolute and ``journal:rel.log`` relative (``regimetry.studies.resolve_storage``).
+    """
     if not url:
         return url
-    for prefix in ("sqlite:///", "journal:///"):
-        if url.startswith(prefix):
-            path = unquote(url[len(prefix):].split("?", 1)[0])
-            if path and path != ":memory:" and not os.path.isabs(path):
-                rest = url[len(prefix) + len(url[len(prefix):].split("?", 1)[0]):]
-                return prefix + os.path.abspath(path) + rest
+    if url.startswith("sqlite:///"):
+        path, _, query = url[len("sqlite:///"):].partition("?")
+        if path and path != ":memory:" and not os.path.isabs(unquote(path)):
+            return "sqlite:///" + os.path.abspath(unquote(path)) + (f"?{query}" if query else "")
+    elif url.startswith("journal:") and not url.startswith("journal:///"):
+        return "journal://" + os.path.abspath(url[len("journal:"):].lstrip("/"))
     return url
+
+
+_SECRET_ENV = {"tracking_uri": "REGIMETRY_REPORT_TRACKING_URI", "storage": "REGIMETRY_REPORT_STORAGE"}
+
+
+def _has_password(url: str | None) -> bool:
+    return bool(url) and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+
+
+def _redact(url: str) -> str:
+    """A database URL with its password hidden (for messages and tables)."""
+    if not _has_password(url):
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, slash, tail = rest.partition("/")
+    creds, host = netloc.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}{slash}{tail}"
+
+
+def _from_env(value: str | None) -> str | None:
+    """``"$NAME"`` -> the environment variable ``NAME`` (how URLs with passwords reach the kernel without
+    being written into the executed notebook); any other value unchanged."""
+    if isinstance(value, str) and value.startswith("$") and len(value) > 1:
+        return os.environ.get(value[1:]) or None
+    return value
 
 
 def render_ablation_report(
@@ -282,6 +311,8 @@ def render_ablation_report(
         tracking_uri: MLflow store (default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db``).
         storage: Optuna storage URL of the arms' studies (default: the parent run's
             ``optuna_storage`` tag unless it was redacted, else ``sqlite:///mlruns/optuna.db``).
+            URLs with a password (tracking URI or storage) reach the kernel through an environment
+            variable, so the password is never written into the executed notebook or its artifact.
         parent_run_id: the ``stage=study`` run to report (default: the latest one of the experiment).
         metric: metric of record shown in the tables, one of ``balanced_accuracy``, ``macro_f1``,
             ``log_loss``.
@@ -305,12 +336,24 @@ def render_ablation_report(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     runs = load_ablation_runs(experiment, uri, parent_run_id)  # fails fast with a clear message
     parent_id = runs.parent_run_id
-    paths = render_notebook(
-        NOTEBOOK_DIR / ABLATION_NOTEBOOK, Path(output_dir) / experiment,
-        {"experiment": experiment, "tracking_uri": uri, "storage": _absolute_url(storage),
-         "parent_run_id": parent_id, "metric": metric},
-        timeout=timeout,
-    )
+    values = {"tracking_uri": uri, "storage": _absolute_url(storage)}
+    saved = {name: os.environ.get(name) for name in _SECRET_ENV.values()}
+    for key, value in values.items():
+        if _has_password(value):  # never write a password into the notebook (or its MLflow artifact)
+            os.environ[_SECRET_ENV[key]] = value
+            values[key] = "$" + _SECRET_ENV[key]
+    try:
+        paths = render_notebook(
+            NOTEBOOK_DIR / ABLATION_NOTEBOOK, Path(output_dir) / experiment,
+            {"experiment": experiment, **values, "parent_run_id": parent_id, "metric": metric},
+            timeout=timeout,
+        )
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     if log_to_parent:
         tracking.configure(uri)
         for path in (paths.notebook, paths.html):
@@ -490,8 +533,8 @@ def load_ablation_runs(experiment: str, tracking_uri: str | None = None,
     """
     from regimetry import tracking
 
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    where = f"experiment {experiment!r} at tracking URI {uri}"
+    uri = tracking.resolve_tracking_uri(_from_env(tracking_uri))
+    where = f"experiment {experiment!r} at tracking URI {_redact(uri)}"
     if _sqlite_missing(uri):
         raise ValueError(f"no MLflow store at {uri} (the SQLite file does not exist), so no runs of {where}")
     parents = tracking.search_runs(experiment, "tags.stage = 'study'", order_by=["attribute.start_time DESC"],
@@ -554,7 +597,7 @@ def protocol(runs: AblationRuns) -> dict[str, Any]:
         ("wall time (s)", runs.tag("wall_seconds", "not recorded")),
         ("Optuna studies", ", ".join(json.loads(studies)) if studies else "not recorded"),
         ("Optuna storage", runs.tag("optuna_storage", "not recorded")),
-        ("tracking URI", runs.tracking_uri),
+        ("tracking URI", _redact(runs.tracking_uri)),
     ]
     spec = runs.json(runs.parent_run_id, "ablation.json") or {}
     arms = pd.DataFrame([{"arm": a.get("name"), "overrides": json.dumps(a.get("overrides", {})),
@@ -727,6 +770,7 @@ def importances(runs: AblationRuns, storage: str | None = None) -> dict[str, dic
 
 
 def _storage_url(runs: AblationRuns, storage: str | None) -> str | None:
+    storage = _from_env(storage)
     if storage:
         return storage
     tagged = runs.tag("optuna_storage")

@@ -204,6 +204,14 @@ def test_unknown_experiment_fails_with_clear_message_and_exit_code(fake_store, t
     assert not (tmp_path / "typo").exists()  # a typo does not create an empty store
 
 
+def test_passwords_never_reach_the_notebook(monkeypatch):
+    url = "postgresql://user:s3cret@db.example:5432/optuna"
+    assert reports._redact(url) == "postgresql://user:***@db.example:5432/optuna"
+    assert reports._redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    monkeypatch.setenv("REGIMETRY_REPORT_STORAGE", url)
+    assert reports._from_env("$REGIMETRY_REPORT_STORAGE") == url and reports._from_env("plain") == "plain"
+
+
 def _notebook(path: Path, cells: list[str], kernel: str = "no-such-kernel") -> Path:
     book = nbformat.v4.new_notebook()
     book.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
