@@ -43,6 +43,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "CLUSTERING_METHODS",
@@ -100,7 +101,8 @@ class ClusterModel:
                 f"ClusterModel.predict: embeddings have width {Z.shape[1]}, the model was fitted on "
                 f"width {self.scaler.n_features_in_}"
             )
-        return np.asarray(self.assigner.predict(self.scaler.transform(Z)), dtype=np.int64)
+        with threadpool_limits(limits=1):
+            return np.asarray(self.assigner.predict(self.scaler.transform(Z)), dtype=np.int64)
 
 
 def _check_embeddings(embeddings: np.ndarray, name: str) -> np.ndarray:
@@ -143,6 +145,16 @@ def fit_clustering(
     Z = _check_embeddings(train_embeddings, "train_embeddings")
     if Z.shape[0] <= n_clusters:
         raise ValueError(f"fit_clustering: {Z.shape[0]} training windows for {n_clusters} clusters")
+    with threadpool_limits(limits=1):  # see _SINGLE_THREAD
+        return _fit_clustering(Z, method, int(n_clusters), seed, n_neighbors)
+
+
+_SINGLE_THREAD = """Small fits run with one BLAS/OpenMP thread: on a small shared CPU, multithreaded BLAS and
+OpenMP spin-waiting made k-means, spectral embedding and t-SNE many times slower (t-SNE of 400
+points: ~90 s under load with threads vs a few seconds single-threaded)."""
+
+
+def _fit_clustering(Z: np.ndarray, method: str, n_clusters: int, seed: int, n_neighbors: int) -> ClusterModel:
     scaler = StandardScaler().fit(Z)
     Zs = scaler.transform(Z)
     if method == "kmeans":
@@ -161,7 +173,7 @@ def fit_clustering(
         ).fit(Zs)
         labels = est.labels_
         assigner = KNeighborsClassifier(n_neighbors=k).fit(Zs, labels)
-    return ClusterModel(method, int(n_clusters), scaler, est, assigner, np.asarray(labels, dtype=np.int64))
+    return ClusterModel(method, n_clusters, scaler, est, assigner, np.asarray(labels, dtype=np.int64))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,7 +398,12 @@ def external_scores(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 # Projection and figures
 # ------------------------------------------------------------------------------------------------
 def tsne_projection(
-    embeddings: np.ndarray, *, seed: int = 0, max_points: int = 2000, perplexity: float = 30.0
+    embeddings: np.ndarray,
+    *,
+    seed: int = 0,
+    max_points: int = 2000,
+    perplexity: float = 30.0,
+    max_iter: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """2-D t-SNE map of standardised embeddings (for figures only; nothing is fitted on it).
 
@@ -395,6 +412,7 @@ def tsne_projection(
         seed: random state of the subsample and of t-SNE.
         max_points: evenly spaced subsample above this size (t-SNE is quadratic-ish).
         perplexity: t-SNE perplexity, lowered automatically to ``(n - 1) / 3`` for tiny inputs.
+        max_iter: optimisation iterations (sklearn's minimum is 250).
 
     Returns:
         ``(xy (m, 2) float64, rows (m,) int64)``: the map and the rows of ``embeddings`` it shows.
@@ -405,7 +423,9 @@ def tsne_projection(
         rows = np.linspace(0, Z.shape[0] - 1, max_points).round().astype(np.int64)
     Zs = StandardScaler().fit_transform(Z[rows])
     perp = float(min(perplexity, max(1.0, (len(rows) - 1) / 3.0)))
-    xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(Zs)
+    with threadpool_limits(limits=1):
+        xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed, n_jobs=1,
+                  max_iter=max(int(max_iter), 250)).fit_transform(Zs)
     return np.asarray(xy, dtype=np.float64), rows.astype(np.int64)
 
 

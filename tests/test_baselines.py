@@ -226,3 +226,41 @@ def test_errors_name_the_problem(splits):
     bars.iloc[500, bars.columns.get_loc("log_return")] = np.nan
     with pytest.raises(ValueError, match="log_return.*row 500"):
         B.run_baseline("garch", dataclasses.replace(splits, bars=bars))
+
+
+# ------------------------------------------------------------------------------------------------
+# The experiment script
+# ------------------------------------------------------------------------------------------------
+def _load_script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baselines_script_smoke_logs_promised_runs(tracking_uri):
+    from regimetry import tracking
+
+    script = _load_script("01_baselines")
+    summary = script.main(["--smoke", "--dataset", "synthetic", "--tracking-uri", tracking_uri])
+    runs = tracking.search_runs("01_baselines", tracking_uri=tracking_uri)
+    assert set(runs["status"]) == {"FINISHED"}
+    parents = runs[runs["tags.stage"] == "baseline_session"]
+    children = runs[runs["tags.stage"] == "baseline"]
+    assert len(parents) == 1
+    assert set(children["tags.arm"]) == set(B.BASELINES) == set(summary)
+    assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
+    assert set(children["tags.dataset"]) == {"synthetic"}
+    for key in ("test/balanced_accuracy", "test/macro_f1", "val/balanced_accuracy", "test/accuracy",
+                "test/balanced_accuracy_ci_low", "test/balanced_accuracy_ci_high", "time/fit_seconds"):
+        assert children[f"metrics.{key}"].notna().all(), key
+    bayes = children[children["tags.arm"] == "bayes_filter"].iloc[0]
+    assert bayes["metrics.test/log_loss"] == children["metrics.test/log_loss"].min()
+    har = children[children["tags.arm"] == "har_rv"].iloc[0]
+    assert float(har["params.C"]) in B.C_GRID
+    artifacts = tracking.list_artifacts(har["run_id"], tracking_uri=tracking_uri)
+    assert {"figures/confusion_test.png", "predictions/test.csv"} <= set(artifacts)

@@ -119,3 +119,32 @@ def test_figures_and_projection():
     price = pd.Series(np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, 60))) * 100, index=index)
     fig = D.plot_regime_timeline(price, pd.Series(truth, index=index), n_regimes=3, boundaries=[index[30]])
     assert len(fig.axes) == 1
+
+
+def test_discovery_script_smoke_logs_promised_runs(tracking_uri):
+    import importlib.util
+    from pathlib import Path
+
+    from regimetry import tracking
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "02_regime_discovery.py"
+    spec = importlib.util.spec_from_file_location("experiment_02", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    summary = script.main(["--smoke", "--dataset", "synthetic", "--tracking-uri", tracking_uri])
+    runs = tracking.search_runs("02_regime_discovery", tracking_uri=tracking_uri)
+    assert set(runs["status"]) == {"FINISHED"}
+    children = runs[runs["tags.stage"] == "discovery"]
+    arms = {f"{e}/{m}" for e in ("trained", "untrained") for m in D.CLUSTERING_METHODS}
+    assert set(children["tags.arm"]) == arms == set(summary)
+    assert len(runs[runs["tags.stage"] == "discovery_session"]) == 1
+    for key in ("test/ari", "test/nmi", "train/ari", "test/nmi_vs_label", "train/stickiness/0", "test/row_entropy/0"):
+        assert children[f"metrics.{key}"].notna().all(), key
+    first = children[children["tags.arm"] == "trained/spectral"].iloc[0]
+    assert first["tags.alignment"] == "ordered_by_trailing_vol"
+    assert set(children["tags.reference"]) == {f"run:{first['run_id']}"}
+    artifacts = tracking.list_artifacts(first["run_id"], tracking_uri=tracking_uri)
+    assert {"regimes.csv", "statistics.json", "figures/timeline.png", "figures/tsne.png"} <= set(artifacts)
+    # The trained encoder's validation metrics are on the parent run.
+    parent = runs[runs["tags.stage"] == "discovery_session"].iloc[0]
+    assert parent["metrics.encoder/val/balanced_accuracy"] >= 0
