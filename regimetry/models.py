@@ -6,7 +6,6 @@ Architecture (layer names in brackets; every name is stable, later code finds la
       -> [input_mask]            NanPaddingMask: padding mask (batch, T) from all-NaN steps, NaN -> 0
       -> [projection]            Dense(d_model)
       -> [positional_encoding]   SinusoidalPositionalEncoding | LearnablePositionalEmbedding | (none)
-      -> [embedding_dropout]     Dropout(dropout)
       -> [cls_token]             ClsToken, only for pooling="cls" (first; LAST under a causal mask)
       -> [attention_mask]        AttentionMask: one (batch, T', T') mask for every block and head
       -> [encoder_block_0 .. encoder_block_{L-1}]  TransformerEncoderBlock
@@ -59,10 +58,9 @@ def _encode(get: Callable[[str], keras.layers.Layer | None], windows, return_sco
     extraction so that the two can never disagree). Returns ``(pooled, scores_per_block)``."""
     x, padding_mask = get("input_mask")(windows)
     x = get("projection")(x)
-    for name in ("positional_encoding", "embedding_dropout"):
-        layer = get(name)
-        if layer is not None:
-            x = layer(x)
+    encoding = get("positional_encoding")
+    if encoding is not None:
+        x = encoding(x)
     cls = get("cls_token")
     if cls is not None:
         x, padding_mask = cls(x, padding_mask=padding_mask)
@@ -115,7 +113,6 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
     layers: dict[str, keras.layers.Layer] = {
         "input_mask": NanPaddingMask(name="input_mask"),
         "projection": keras.layers.Dense(config.d_model, name="projection"),
-        "embedding_dropout": keras.layers.Dropout(config.dropout, name="embedding_dropout"),
         "attention_mask": AttentionMask(use_causal_mask=causal, name="attention_mask"),
         "pooling": SequencePooling(
             config.pooling, cls_position="last" if causal else "first", name="pooling"
@@ -293,6 +290,23 @@ def _extractor(model: keras.Model, kind: str) -> keras.Model:
     return cache[kind]
 
 
+_EAGER_BATCHES = 4
+
+
+def _run_batched(extractor: keras.Model, X: np.ndarray, batch_size: int):
+    """Run ``extractor`` over ``X`` in batches of ``batch_size``, in inference mode.
+
+    A few batches run eagerly (compiling a graph would cost more than it saves); more go through
+    ``predict``, which compiles the forward pass once and streams the batches through it.
+    """
+    if len(X) > _EAGER_BATCHES * batch_size:
+        return extractor.predict(X, batch_size=batch_size, verbose=0)
+    parts = [extractor(X[i:i + batch_size], training=False) for i in range(0, max(len(X), 1), batch_size)]
+    if isinstance(parts[0], (list, tuple)):
+        return [np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(len(parts[0]))]
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
 def _model_input_sizes(model: keras.Model) -> tuple[int | None, int | None]:
     shape = tuple(model.inputs[0].shape)
     return shape[1], shape[2]
@@ -303,7 +317,7 @@ def attention_scores(model: keras.Model, X, batch_size: int = 256) -> list[np.nd
 
     Works on a model from :func:`build_classifier`, one reloaded from a ``.keras`` file, or one
     loaded through MLflow's keras flavor: the layers are found by name and run (weights shared) by
-    a small sub-model cached per model, with ``predict`` in batches.
+    a small sub-model cached per model, in batches (``predict`` beyond a few batches).
 
     Args:
         model: the classifier.
@@ -322,7 +336,7 @@ def attention_scores(model: keras.Model, X, batch_size: int = 256) -> list[np.nd
     """
     X = check_windows(X, *_model_input_sizes(model))
     batch_size = _check_positive_int("attention_scores", "batch_size", batch_size)
-    outputs = _extractor(model, "scores").predict(X, batch_size=batch_size, verbose=0)
+    outputs = _run_batched(_extractor(model, "scores"), X, batch_size)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     return [np.asarray(o, dtype=np.float32) for o in outputs]
@@ -348,4 +362,4 @@ def embed(model: keras.Model, X, batch_size: int = 256) -> np.ndarray:
     """
     X = check_windows(X, *_model_input_sizes(model))
     batch_size = _check_positive_int("embed", "batch_size", batch_size)
-    return np.asarray(_extractor(model, "embed").predict(X, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return np.asarray(_run_batched(_extractor(model, "embed"), X, batch_size), dtype=np.float32)

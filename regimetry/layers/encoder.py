@@ -25,14 +25,17 @@ class TransformerEncoderBlock(keras.layers.Layer):
         x = x + Dropout(MHA(LayerNorm(x)));  x = x + Dropout(FFN(LayerNorm(x)))
 
     with ``FFN(x) = Dense(d_model)(activation(Dense(ff_dim)(x)))``. ``d_model`` is the input's last
-    axis. Attention uses ``keras.layers.MultiHeadAttention`` with one combined boolean mask
-    ``(batch, T, T)`` shared by all heads (see :func:`regimetry.layers.masks.merge_masks`).
+    axis. ``MHA`` is scaled dot-product attention, ``softmax(Q K^T / sqrt(key_dim) + B) V`` per head,
+    the computation of ``keras.layers.MultiHeadAttention`` (sublayers ``query``, ``key``, ``value``,
+    ``attention_output``: ``EinsumDense``), written out so that the combined boolean mask
+    ``(batch, T, T)`` (see :func:`regimetry.layers.masks.merge_masks`) becomes one additive bias
+    ``B`` shared by all heads, with no per-head mask work.
 
     Masking: padded steps are masked as keys and as queries. A query row left with nothing to attend
     to (a padded step, or a fully padded window) gets an attention output of exactly zero and
-    attention scores of exactly zero, never NaN, and so does its gradient (Keras' masked softmax would
-    give a uniform row there; this layer zeroes such rows of the attention output and the scores).
-    Scores of masked keys (e.g. above the diagonal under the look-ahead mask) are exactly 0.
+    attention scores of exactly zero, never NaN, and so does its gradient (a plain masked softmax
+    would give a uniform row there; this layer zeroes such rows of the attention output and the
+    scores). Scores of masked keys (e.g. above the diagonal under the look-ahead mask) are exactly 0.
 
     Args:
         num_heads: int >= 1, attention heads.
@@ -119,14 +122,28 @@ class TransformerEncoderBlock(keras.layers.Layer):
                 f"{tuple(inputs_shape)}"
             )
         d_model = int(inputs_shape[-1])
-        self._self_attention = keras.layers.MultiHeadAttention(
-            num_heads=self.num_heads,
-            key_dim=self.key_dim,
-            dropout=self.dropout,
-            name="self_attention",
+        heads, key_dim = self.num_heads, self.key_dim
+        # Multi-head attention projections (the maths of keras.layers.MultiHeadAttention, with the
+        # masking done once per block as an additive bias; see call()).
+        self._query = keras.layers.EinsumDense(
+            "btd,dnh->btnh", output_shape=(None, heads, key_dim), bias_axes="nh", name="query", **self._dense_kwargs()
+        )
+        self._key = keras.layers.EinsumDense(
+            "btd,dnh->btnh", output_shape=(None, heads, key_dim), bias_axes="nh", name="key", **self._dense_kwargs()
+        )
+        self._value = keras.layers.EinsumDense(
+            "btd,dnh->btnh", output_shape=(None, heads, key_dim), bias_axes="nh", name="value", **self._dense_kwargs()
+        )
+        for projection in (self._query, self._key, self._value):
+            projection.build(inputs_shape)
+        self._attention_output = keras.layers.EinsumDense(
+            "btnh,nhd->btd", output_shape=(None, d_model), bias_axes="d", name="attention_output",
             **self._dense_kwargs(),
         )
-        self._self_attention.build(inputs_shape, inputs_shape)
+        self._attention_output.build(tuple(inputs_shape[:2]) + (heads, key_dim))
+        self._attention_weights_dropout = keras.layers.Dropout(
+            self.dropout, name="attention_weights_dropout", dtype=self.dtype_policy
+        )
         self._attention_dropout = keras.layers.Dropout(self.dropout, name="attention_dropout", dtype=self.dtype_policy)
         self._attention_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="attention_norm", dtype=self.dtype_policy
@@ -153,38 +170,15 @@ class TransformerEncoderBlock(keras.layers.Layer):
         return_attention_scores=False,
         attention_mask=None,
     ):
-        mask = None
-        native_causal = False
-        if padding_mask is None and attention_mask is None and use_causal_mask:
-            # Causal only: every row sees at least itself, so MultiHeadAttention's own (fused,
-            # when possible) causal path is exact and no row needs zeroing.
-            native_causal = True
-        else:
-            mask = merge_masks(inputs, padding_mask, use_causal_mask, attention_mask)
+        mask = merge_masks(inputs, padding_mask, use_causal_mask, attention_mask)
 
         x = inputs
         residual = x
         if self.norm_first:
             x = self._attention_norm(x)
-        if native_causal:
-            attended = self._self_attention(
-                x, x, use_causal_mask=True, training=training, return_attention_scores=return_attention_scores
-            )
-        else:
-            attended = self._self_attention(
-                x, x, attention_mask=mask, training=training, return_attention_scores=return_attention_scores
-            )
-        scores = None
-        if return_attention_scores:
-            attended, scores = attended
-        if mask is not None:
-            # Rows with nothing to attend to: zero (Keras' masked softmax leaves them uniform).
-            row_valid = ops.any(mask, axis=-1)  # (batch, T)
-            attended = ops.where(ops.expand_dims(row_valid, -1), attended, ops.zeros_like(attended))
-            if scores is not None:
-                scores = ops.where(
-                    ops.expand_dims(ops.expand_dims(row_valid, 1), -1), scores, ops.zeros_like(scores)
-                )
+        attended, scores, row_valid = self._attend(x, mask, training)
+        if return_attention_scores and row_valid is not None:
+            scores = scores * ops.expand_dims(row_valid, 1)  # empty rows: zeros, not a uniform row
         x = residual + self._attention_dropout(attended, training=training)
         if not self.norm_first:
             x = self._attention_norm(x)
@@ -200,6 +194,44 @@ class TransformerEncoderBlock(keras.layers.Layer):
         if return_attention_scores:
             return x, scores
         return x
+
+    def _attend(self, x, mask, training):
+        """Scaled dot-product attention over all heads at once.
+
+        Returns ``(output (batch, T, d_model), weights (batch, heads, T, T), row_valid)``, where
+        ``row_valid`` is ``(batch, T, 1)`` (1 = the query row has a key to attend to) or ``None``
+        without a mask. ``output`` is already zero on empty rows; ``weights`` are not.
+        """
+        query = self._query(x) * ops.cast(1.0 / (self.key_dim**0.5), x.dtype)  # (batch, T, heads, key_dim)
+        key = self._key(x)
+        value = self._value(x)
+        logits = ops.einsum("btnh,bsnh->bnts", query, key)  # (batch, heads, T, T)
+        row_valid = None
+        if mask is not None:
+            # One additive bias for every head: 0 where allowed, a large negative number where not,
+            # so masked weights are exactly 0 after the softmax.
+            large_negative = -3.0e4 if keras.backend.standardize_dtype(logits.dtype) == "float16" else -1.0e9
+            bias = ops.where(mask, ops.zeros((), logits.dtype), ops.full((), large_negative, logits.dtype))
+            logits = logits + ops.expand_dims(bias, 1)
+            # Rows with nothing to attend to would get a uniform softmax: zero them instead.
+            row_valid = ops.cast(ops.any(mask, axis=-1, keepdims=True), x.dtype)  # (batch, T, 1)
+        weights = ops.softmax(logits, axis=-1)
+        context = ops.einsum(
+            "bnts,bsnh->btnh", self._attention_weights_dropout(weights, training=training), value
+        )
+        output = self._attention_output(context)
+        if row_valid is not None:
+            output = output * row_valid
+        return output, weights, row_valid
+
+    def compute_output_spec(self, inputs, padding_mask=None, use_causal_mask=False, training=None,
+                            return_attention_scores=False, attention_mask=None):
+        # Shapes are known without tracing the call (keeps building and loading models fast).
+        output = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        batch, length = inputs.shape[0], inputs.shape[1]
+        return output, keras.KerasTensor((batch, self.num_heads, length, length), dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

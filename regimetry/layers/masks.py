@@ -96,6 +96,10 @@ class NanPaddingMask(keras.layers.Layer):
         values = ops.where(is_nan, ops.zeros_like(inputs), inputs)
         return values, padding_mask
 
+    def compute_output_spec(self, inputs):
+        return (keras.KerasTensor(inputs.shape, dtype=inputs.dtype),
+                keras.KerasTensor(inputs.shape[:2], dtype="bool"))
+
 
 @keras.saving.register_keras_serializable(package="regimetry")
 class AttentionMask(keras.layers.Layer):
@@ -124,6 +128,9 @@ class AttentionMask(keras.layers.Layer):
             shape = ops.shape(inputs)
             mask = ops.ones((shape[0], shape[1], shape[1]), dtype="bool")
         return mask
+
+    def compute_output_spec(self, inputs, padding_mask=None):
+        return keras.KerasTensor((inputs.shape[0], inputs.shape[1], inputs.shape[1]), dtype="bool")
 
     def get_config(self):
         config = super().get_config()

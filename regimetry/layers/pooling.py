@@ -76,6 +76,13 @@ class ClsToken(keras.layers.Layer):
             mask_parts = mask_parts[::-1]
         return outputs, ops.concatenate(mask_parts, axis=1)
 
+    def compute_output_spec(self, inputs, padding_mask=None):
+        batch, length, depth = inputs.shape
+        outputs = keras.KerasTensor((batch, None if length is None else length + 1, depth), dtype=self.compute_dtype)
+        if padding_mask is None:
+            return outputs
+        return outputs, keras.KerasTensor((batch, outputs.shape[1]), dtype="bool")
+
     def get_config(self):
         config = super().get_config()
         config.update({"position": self.position, "initializer": keras.initializers.serialize(self.initializer)})
@@ -164,6 +171,9 @@ class SequencePooling(keras.layers.Layer):
         weights = ops.where(mask, ops.exp(logits), ops.zeros_like(logits))
         weights = weights / ops.maximum(ops.sum(weights, axis=1, keepdims=True), ops.full_like(logits[:, :1], 1e-30))
         return ops.sum(ops.expand_dims(weights, -1) * ops.where(mask3, inputs, zeros), axis=1)
+
+    def compute_output_spec(self, inputs, padding_mask=None):
+        return keras.KerasTensor((inputs.shape[0], inputs.shape[-1]), dtype=self.compute_dtype)
 
     def _pool_unmasked(self, inputs):
         if self.mode == "mean":
