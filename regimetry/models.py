@@ -24,7 +24,6 @@ model places it after the last step when ``attention_mask="causal"`` (and first 
 
 from __future__ import annotations
 
-import re
 import weakref
 from typing import Callable
 
@@ -43,9 +42,6 @@ from regimetry.layers import (
 )
 
 __all__ = ["attention_scores", "build_classifier", "check_windows", "embed", "pad_windows"]
-
-_BLOCK_NAME = re.compile(r"^encoder_block_(\d+)$")
-
 
 def _check_positive_int(where: str, name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
