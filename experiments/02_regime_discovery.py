@@ -216,8 +216,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                     labels = split_labels(splits, raw)
                     if reference is None:
                         # First run: canonical ids by mean trailing vol of its *training* windows.
-                        ordered, mapping = D.order_by_score(raw["train"], rv[splits.train.positions])
-                        mapping.update({i: i for i in range(k) if i not in mapping})  # ids unseen in train
+                        _, mapping = D.order_by_score(raw["train"], rv[splits.train.positions])
+                        for i in sorted(set(int(v) for v in labels.unique()) - set(mapping)):
+                            mapping[i] = len(mapping)  # an id unseen in train: a fresh id after the others
                         aligned = labels.map(lambda v: mapping[int(v)]).astype(np.int64)
                         reference, reference_name = aligned, f"run:{child.run_id}"
                         how = "ordered_by_trailing_vol"

@@ -472,9 +472,15 @@ def plot_regime_timeline(
         # One span per run of equal labels on consecutive timestamps.
         change = np.flatnonzero(np.diff(values)) + 1
         starts = np.concatenate([[0], change])
-        ends = np.concatenate([change, [len(values)]])
+        steps = np.diff(idx.asi8) if len(idx) > 1 else np.zeros(0)
+        gap = 5 * np.median(steps) if steps.size else 0
+        # Split runs at gaps (the embargo between splits) so that a span never covers one.
+        cuts = np.flatnonzero(steps > gap) + 1 if steps.size else np.zeros(0, dtype=int)
+        starts = np.union1d(starts, cuts)
+        ends = np.concatenate([starts[1:], [len(values)]])
+        cut_set = set(cuts.tolist())
         for s, e in zip(starts, ends):
-            right = idx[e] if e < len(idx) else idx[-1]
+            right = idx[e] if e < len(idx) and e not in cut_set else idx[e - 1]
             ax.axvspan(idx[s], right, color=colors[int(values[s]) % k], alpha=0.3, lw=0)
     for b in boundaries:
         ax.axvline(b, color="grey", ls="--", lw=1)
