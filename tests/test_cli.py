@@ -63,3 +63,11 @@ def test_missing_config_file_and_help(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     assert "--tracking-uri" in capsys.readouterr().out
+
+
+def test_example_config_file_loads():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "single_run.yaml"
+    data, model, train = load_configs(str(example), ["model.d_model=64"])
+    assert (data.source, model.d_model, train.monitor) == ("sp500", 64, "val_balanced_accuracy")
