@@ -67,6 +67,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
 BASELINE_FOR_COMPARISON = "har_rv"
+SYNTHETIC_FEATURES = ("log_return", "abs_return")
 
 __all__ = [
     "Float",
@@ -369,6 +370,12 @@ def study_name(ablation: Ablation, arm: Arm) -> str:
     return f"{ablation.name}/{arm.name}"
 
 
+def study_direction(ablation: Ablation) -> str:
+    """``maximize`` for accuracy-like monitors, ``minimize`` for ``val_loss`` (fixed ``train.monitor``)."""
+    monitor = ablation.fixed.get("train.monitor", TrainConfig().monitor)
+    return "minimize" if TrainConfig(monitor=monitor).monitor_mode == "min" else "maximize"
+
+
 def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str = "maximize", wait_seconds: float = 120.0) -> optuna.Study:
     """Create the study and enqueue exactly ``budget.trials_per_arm`` trials, or load it.
 
@@ -494,8 +501,12 @@ def data_config(ablation: Ablation, options: RunOptions, budget: Budget) -> Data
     if options.target:
         values["target"] = options.target
     values.update(ablation.data_overrides())
-    if options.smoke and options.dataset == "synthetic":
-        values.setdefault("synthetic_bars", 1500)
+    if options.dataset == "synthetic":
+        # The simulator's range/volume columns carry the current regime directly; the Hamilton-filter
+        # ceiling sees returns only. Inputs [r, |r|] keep "fraction of the ceiling" meaningful.
+        values.setdefault("features", SYNTHETIC_FEATURES)
+        if options.smoke:
+            values.setdefault("synthetic_bars", 1500)
     return DataConfig.from_dict(values)
 
 
@@ -645,7 +656,8 @@ def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> N
     for arm in ctx.ablation.arms:
         if arm_names is not None and arm.name not in arm_names:
             continue
-        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed)
+        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
+                             direction=study_direction(ctx.ablation))
         optuna.storages.fail_stale_trials(study)
         while True:
             trial = _claim_waiting_trial(study)
@@ -905,15 +917,29 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
         tracking.set_tags({"wall_seconds": f"{time.monotonic() - started:.0f}"})
         tracking.log_metrics({"wall_seconds": time.monotonic() - started})
         summary["parent_run_id"] = parent.run_id
+        report_error = None
         if options.report:
+            from regimetry import reports
+
+            print(f"== {ablation.name}: rendering the report into reports/{ablation.name}/", flush=True)
             try:
-                from regimetry import reports
-            except ImportError:
-                reports = None
-            if reports is not None:
-                reports.render_ablation_report(ablation.name, tracking_uri=tracking_uri, storage=storage_url,
-                                               parent_run_id=parent.run_id)
+                paths = reports.render_ablation_report(ablation.name, tracking_uri=tracking_uri, storage=storage_url,
+                                                       parent_run_id=parent.run_id)
+                summary["report"] = paths
+                print(f"report: {paths}", flush=True)
+            except (reports.ReportError, ValueError) as exc:
+                # The runs and tables are complete and stay FINISHED; the failed report is flagged and
+                # the command exits non-zero so that nobody mistakes a missing report for a good one.
+                tracking.set_tags({"report_error": str(exc)[:4000]})
+                report_error = exc
+    if report_error is not None:
+        raise ReportFailed(f"the report failed to render (re-render with: python -m regimetry.reports "
+                           f"{ablation.name}): {report_error}")
     return summary
+
+
+class ReportFailed(RuntimeError):
+    """The experiment finished but its papermill report did not render."""
 
 
 def _run_parallel(jobs: int, target: Callable, args_list, ctx, names) -> None:
@@ -944,7 +970,8 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     seeds = [ctx.options.seed + s for s in range(ctx.budget.seeds)]
     plan, bests = [], {}
     for arm in arm_list:
-        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed)
+        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
+                             direction=study_direction(ctx.ablation))
         best, model_cfg, train_cfg = _best_configs(study)
         bests[arm.name] = (study, best, model_cfg, train_cfg)
         plan += [(arm.name, b, seed, model_cfg, train_cfg) for b in range(len(blocks)) for seed in seeds]
@@ -1110,6 +1137,9 @@ def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ReportFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished trials are stored; re-run the same command to resume", file=sys.stderr)
         return 130
