@@ -471,7 +471,7 @@ class TrainConfig(_ConfigBase):
             (default), ``val_macro_f1``, ``val_accuracy`` (maximised) or ``val_loss`` (minimised).
         class_weight: ``"none"`` or ``"balanced"`` (inverse training-class frequency).
         label_smoothing: in ``[0, 1)``. Default 0.
-        clipnorm: gradient norm clip (``None`` = off).
+        clipnorm: clip of the global gradient norm over all weights (``None`` = off). Default 1.
         seed: seeds Python, NumPy and Keras (one seed controls all three).
     """
 

@@ -25,7 +25,6 @@ from typing import Callable
 import numpy as np
 from arch.bootstrap import CircularBlockBootstrap
 from scipy import stats
-from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
 
 __all__ = [
     "METRICS",
@@ -39,13 +38,27 @@ __all__ = [
 ]
 
 
+def _confusion(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(num_classes, num_classes)`` counts, rows = true class (as sklearn's confusion_matrix)."""
+    return np.bincount(y * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+# The bootstrap evaluates a metric thousands of times, so the class-count metrics are computed from
+# one bincount instead of a scikit-learn call each; tests/test_evaluation.py checks that they equal
+# sklearn's balanced_accuracy_score, f1_score(average="macro") and log_loss on random inputs.
 def _balanced_accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
-    # sklearn warns (and ignores) classes absent from y_true; that is what we want on a resample.
-    return float(balanced_accuracy_score(y, pred))
+    cm = _confusion(y, pred, num_classes)
+    support = cm.sum(axis=1)
+    present = support > 0  # like sklearn: classes absent from y_true are left out of the mean
+    return float(np.mean(np.diag(cm)[present] / support[present]))
 
 
 def _macro_f1(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
-    return float(f1_score(y, pred, average="macro", labels=np.arange(num_classes), zero_division=0))
+    cm = _confusion(y, pred, num_classes)
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2TP + FP + FN
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1.mean())
 
 
 def _accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
@@ -53,7 +66,9 @@ def _accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
 
 
 def _log_loss(y: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
-    return float(log_loss(y, np.clip(probs, 1e-7, 1.0), labels=np.arange(num_classes)))
+    p = np.clip(probs, 1e-15, 1.0)
+    p = p / p.sum(axis=1, keepdims=True)
+    return float(-np.mean(np.log(p[np.arange(y.shape[0]), y])))
 
 
 #: metric name -> (function(y_true, predictions, num_classes), needs probabilities)
@@ -154,7 +169,9 @@ def seed_averaged_metric(metric: str, y_true: np.ndarray, predictions: np.ndarra
         raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(METRICS)}")
     func, needs_probs = METRICS[metric]
     stack = _as_seed_stack(predictions, needs_probs)
-    y_true = np.asarray(y_true)
+    y_true = np.asarray(y_true, dtype=np.int64)
+    if not needs_probs:
+        stack = stack.astype(np.int64, copy=False)
     if stack.shape[0] != y_true.shape[0]:
         raise ValueError(f"{metric}: {stack.shape[0]} predictions for {y_true.shape[0]} labels")
     return float(np.mean([func(y_true, stack[:, s], num_classes) for s in range(stack.shape[1])]))

@@ -28,7 +28,7 @@ trials; every worker claims WAITING trials with the storage's atomic check-and-s
 budget, and re-running the same command resumes: only trials not yet run are run. A trial interrupted
 by Ctrl-C is marked FAIL (user attribute ``interrupted``) and replaced by a new WAITING trial, so the
 budget of finished trials stays exact. On RDB storages a heartbeat marks trials of a killed process
-as FAIL after a grace period and enqueues their retry (Optuna's ``RetryFailedTrialCallback``).
+as FAIL after a grace period and enqueues their retry (Optuna's ``RetryHeartbeatStaleTrialCallback``).
 
 MLflow: experiment = the script's stem; a parent run per invocation (tags: studies, storage), a child
 run per arm, and under each arm a child run per trial (tags ``stage=trial``, ``optuna_trial``,
@@ -68,6 +68,7 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
 BASELINE_FOR_COMPARISON = "har_rv"
 SYNTHETIC_FEATURES = ("log_return", "abs_return")
+DEFAULT_JOBS = max(1, min(2, os.cpu_count() or 1))
 
 __all__ = [
     "Float",
@@ -342,16 +343,24 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
         db_path = Path(url[len("sqlite:///"):])
         db_path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=60,
-            grace_period=180,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-        )
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary by backend
-        raise ValueError(f"--storage {url!r}: cannot open the Optuna storage: {exc}") from None
+    # Several processes opening a new database at once race to create its schema (one of them gets
+    # an IntegrityError on alembic_version); the loser simply opens the now-created schema again.
+    last_error: Exception | None = None
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=60,
+                grace_period=180,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy/driver errors vary by backend
+            last_error = exc
+            if not any(word in str(exc) for word in ("IntegrityError", "UNIQUE constraint", "locked", "already exists")):
+                break
+            time.sleep(0.5 * (attempt + 1))
+    raise ValueError(f"--storage {url!r}: cannot open the Optuna storage: {last_error}") from None
 
 
 def _sampler(seed: int) -> optuna.samplers.BaseSampler:
@@ -507,6 +516,10 @@ def data_config(ablation: Ablation, options: RunOptions, budget: Budget) -> Data
         values.setdefault("features", SYNTHETIC_FEATURES)
         if options.smoke:
             values.setdefault("synthetic_bars", 1500)
+    elif options.smoke and options.dataset in ("sp500", "nasdaq"):
+        # Smoke runs exercise the whole protocol on the last eight years only (two 2-year test blocks).
+        values.setdefault("start", "2011-01-01")
+        values.setdefault("folds_start", "2015-01-01")
     return DataConfig.from_dict(values)
 
 
@@ -518,13 +531,22 @@ def evaluation_blocks(config: DataConfig, options: RunOptions, budget: Budget) -
     """
     from regimetry import data as data_mod
 
-    if config.source == "synthetic":
-        n_paths = max(1, min(options.paths, budget.folds)) if options.smoke else max(1, options.paths)
-        return [
-            dataclasses.replace(data_mod.prepare(config.replace(synthetic_seed=config.synthetic_seed + p)), fold=p)
-            for p in range(n_paths)
-        ]
-    return list(data_mod.prepare_folds(config))
+    key = (config, options.paths, options.smoke, budget.folds)
+    if key not in _BLOCKS_CACHE:
+        if config.source == "synthetic":
+            n_paths = max(1, min(options.paths, budget.folds)) if options.smoke else max(1, options.paths)
+            blocks = [
+                dataclasses.replace(data_mod.prepare(config.replace(synthetic_seed=config.synthetic_seed + p)), fold=p)
+                for p in range(n_paths)
+            ]
+        else:
+            blocks = list(data_mod.prepare_folds(config))
+        _BLOCKS_CACHE.clear()  # one configuration per process at a time
+        _BLOCKS_CACHE[key] = blocks
+    return _BLOCKS_CACHE[key]
+
+
+_BLOCKS_CACHE: dict[tuple, list] = {}
 
 
 def apply_arm_to_splits(arm: Arm, splits, seed: int):
@@ -670,12 +692,7 @@ def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> N
 
 
 def _tuning_splits(ctx: _WorkerContext):
-    from regimetry import data as data_mod
-
-    config = ctx.data_config
-    if config.source == "synthetic":
-        return data_mod.prepare(config)
-    return data_mod.prepare_folds(config)[0]
+    return evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)[0]
 
 
 def _worker_process(ctx: _WorkerContext, arm_names, tracking_uri: str) -> None:
@@ -725,8 +742,11 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
     with tracking.run(ctx.ablation.name, run_name=f"{arm.name}/confirm-fold{block_index}-seed{seed}",
                       parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
         result = training.fit(splits, model_cfg, train_cfg)
+        # The full MLflow model flavour costs seconds (benchmarks/README.md): every confirmation run
+        # logs it, except in --smoke runs where only the last block's first seed does.
+        full_model = not ctx.options.smoke or (block_index == len(blocks) - 1 and seed == ctx.options.seed)
         tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="confirm", arm=arm.name,
-                                  seed=seed, test=True, full_model=True)
+                                  seed=seed, test=True, full_model=full_model)
         probs = training.predict_proba(result.model, splits.test.X)
         run_id = active.run_id
     out = {"arm": arm.name, "fold": block_index, "seed": seed, "run_id": run_id,
@@ -904,6 +924,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
         ctx = _WorkerContext(ablation, options, budget, config, arm_run_ids, parent.run_id)
         names = [a.name for a in arm_list]
 
+        resolve_storage(storage_url)  # create the schema once, before any worker process starts
         if options.stage in ("all", "tune"):
             print(f"== {ablation.name}: tuning {len(arm_list)} arms x {budget.trials_per_arm} trials "
                   f"(storage {_redact(storage_url)}, {options.jobs} process(es))", flush=True)
@@ -1099,7 +1120,9 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
                                                "sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampler, training and bootstrap (default 0)")
-    parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                        help=f"worker processes for tuning and confirmation (default {DEFAULT_JOBS}: "
+                             "small models are bound by per-step Python overhead, so one process per core pays)")
     parser.add_argument("--stage", choices=("all", "tune", "confirm"), default="all",
                         help="tune only (e.g. many machines on one storage), confirm only, or both")
     parser.add_argument("--arms", help="comma-separated subset of arms")

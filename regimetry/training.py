@@ -291,7 +291,8 @@ def make_dataset(
     Args:
         X: float32 ``(n, T, F)``; y: int ``(n,)``.
         shuffle_seed: shuffle the whole split (buffer = n) with this seed, reshuffled every
-            epoch; ``None`` keeps the chronological order (validation / test).
+            epoch, and drop the ragged last batch when there are at least two full batches;
+            ``None`` keeps the chronological order and every window (validation / test).
         sample_weight: optional float32 ``(n,)`` per-window loss weights.
     """
     import tensorflow as tf
@@ -303,7 +304,10 @@ def make_dataset(
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # Training batches drop the ragged last batch (a different batch shape would trace the train
+    # step a second time, ~1 s per model); reshuffling each epoch means no window is always left out.
+    drop = shuffle_seed is not None and len(y) >= 2 * batch_size
+    return ds.batch(batch_size, drop_remainder=drop).prefetch(tf.data.AUTOTUNE)
 
 
 @dataclasses.dataclass
@@ -405,7 +409,9 @@ def compile_model(model: Any, train_config: TrainConfig) -> Any:
     optimizer = keras.optimizers.AdamW(
         learning_rate=train_config.learning_rate,
         weight_decay=train_config.weight_decay,
-        clipnorm=train_config.clipnorm,
+        # One global-norm clip (Pascanu et al., 2013) rather than a clip per variable: the usual
+        # choice for Transformers, and it traces ~0.5 s faster per model than per-variable clipping.
+        global_clipnorm=train_config.clipnorm,
     )
     model.compile(
         optimizer=optimizer,

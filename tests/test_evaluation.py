@@ -79,3 +79,20 @@ def test_bad_inputs_are_named():
         paired_block_bootstrap("accuracy", y, y, y[:-1], 3, block_length=5)
     with pytest.raises(ValueError, match="unknown metric"):
         seed_averaged_metric("auc", y, y, 3)
+
+
+def test_fast_metrics_equal_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score, log_loss
+
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        n, k = int(rng.integers(5, 300)), int(rng.integers(2, 5))
+        y = rng.integers(0, k - (trial % 2), n)  # sometimes a class is absent from y_true
+        pred = rng.integers(0, k, n)
+        probs = rng.dirichlet(np.ones(k), n)
+        assert seed_averaged_metric("balanced_accuracy", y, pred, k) == pytest.approx(
+            balanced_accuracy_score(y, pred))
+        assert seed_averaged_metric("macro_f1", y, pred, k) == pytest.approx(
+            f1_score(y, pred, average="macro", labels=np.arange(k), zero_division=0))
+        assert seed_averaged_metric("log_loss", y, probs, k) == pytest.approx(
+            log_loss(y, probs, labels=np.arange(k)))
