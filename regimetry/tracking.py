@@ -733,6 +733,16 @@ def list_artifacts(run_id: str, path: str | None = None, tracking_uri: str | Non
     return sorted(out)
 
 
+def download_artifacts(run_id: str, path: str, tracking_uri: str | None = None, dst_path: str | None = None) -> str:
+    """Local path of a run's artifact file or folder ``path`` (downloaded if the store is remote).
+
+    Raises:
+        OSError / MlflowException: no such artifact (message names the run and path).
+    """
+    configure(tracking_uri)
+    return _retry(lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst_path))
+
+
 def get_metric_history(run_id: str, key: str, tracking_uri: str | None = None) -> list[tuple[int, float]]:
     """``[(step, value), ...]`` of one metric, sorted by step."""
     configure(tracking_uri)

@@ -61,37 +61,40 @@ def random_splits():
     return make_random_splits()
 
 
-# ---- reports fixture (tests/test_reports.py) ----
+# ---- the smoke run of the main job, shared by tests/test_experiments.py and test_reports.py ----
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
 @pytest.fixture(scope="session")
-def tiny_ablation_store(tmp_path_factory):
-    """A real, tiny 2-arm ablation (pooling mean vs last) run once per session by the harness
-    ``regimetry.studies.main`` on synthetic data (``--smoke``, 2 trials per arm, 2 epochs, 1 path x 1 seed,
-    ``--no-report``) into a temporary MLflow store and Optuna storage.
+def smoke_03(tmp_path_factory):
+    """``python experiments/03_encoding_ablation.py --smoke`` run once per session, exactly as a user
+    would (default dataset sp500, default worker processes, report on), from a temporary working
+    directory into a temporary MLflow store and Optuna storage.
 
-    Returns ``{"experiment", "uri", "storage", "arms", "root"}``.
+    Returns ``{"experiment", "uri", "storage", "arms", "root", "stdout", "returncode", "seconds"}``.
     """
-    from regimetry import studies
-    from regimetry.studies import Ablation, Arm, Budget, Categorical, Float, SearchSpace
+    import subprocess
+    import sys
+    import time
 
-    root = tmp_path_factory.mktemp("tiny_ablation")
+    root = tmp_path_factory.mktemp("smoke_03")
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     storage = f"sqlite:///{root / 'optuna.db'}"
-    budget = Budget(trials_per_arm=2, max_epochs=2, patience=1, seeds=1, folds=1,
-                    pruner_startup_trials=1, pruner_warmup_epochs=1)
-    ablation = Ablation(
-        name="tiny_report_ablation",
-        question="Does mean or last pooling classify synthetic regimes better? (report test)",
-        scientific="model.pooling",
-        arms=(Arm("mean", {"model.pooling": "mean"}), Arm("last", {"model.pooling": "last"})),
-        nuisance=SearchSpace((Float("train.learning_rate", low=1e-3, high=3e-3, log=True),
-                              Categorical("model.d_model", choices=(8, 16)))),
-        fixed={"model.num_layers": 1, "model.num_heads": 2, "model.ff_dim": 16, "data.window_size": 10,
-               "data.synthetic_bars": 900, "data.features": ["log_return", "abs_return", "rv_5"]},
-        budget=budget,
-        smoke_budget=budget,
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "03_encoding_ablation.py"), "--smoke",
+         "--tracking-uri", uri, "--storage", storage],
+        cwd=root, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"},
     )
-    code = studies.main(ablation, ["--smoke", "--dataset", "synthetic", "--paths", "1", "--no-report",
-                                   "--tracking-uri", uri, "--storage", storage])
-    assert code == 0, f"the tiny ablation failed with exit code {code}"
-    return {"experiment": ablation.name, "uri": uri, "storage": storage,
-            "arms": [a.name for a in ablation.arms], "root": root}
+    return {"experiment": "03_encoding_ablation", "uri": uri, "storage": storage, "root": root,
+            "arms": ["sinusoidal_interleaved", "sinusoidal_stacked", "learnable", "none"],
+            "stdout": proc.stdout + proc.stderr, "returncode": proc.returncode,
+            "seconds": time.monotonic() - started}
+
+
+@pytest.fixture(scope="session")
+def tiny_ablation_store(smoke_03):
+    """A real tracked ablation for the report tests: the session's smoke run of 03."""
+    assert smoke_03["returncode"] == 0, smoke_03["stdout"][-4000:]
+    return smoke_03

@@ -1,0 +1,107 @@
+"""End-to-end smoke runs of the numbered experiment scripts (tiny budgets, temporary stores)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+
+from regimetry import studies, tracking
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ABLATION
+
+
+def _artifacts(run_id, uri, path=None):
+    return set(tracking.list_artifacts(run_id, path, tracking_uri=uri))
+
+
+def _check_protocol(experiment, uri, storage, arms, trials, blocks, seeds):
+    """The runs, tags, studies and summary artifacts every ablation promises."""
+    runs = tracking.search_runs(experiment, tracking_uri=uri)
+    assert "RUNNING" not in set(runs["status"])
+    parents = runs[runs["tags.stage"] == "study"]
+    assert len(parents) == 1
+    parent = parents.iloc[0]
+    assert set(json.loads(parent["tags.optuna_studies"])) == {f"{experiment}/{a}" for a in arms}
+    assert parent["tags.optuna_storage"] == storage
+
+    arm_runs = runs[runs["tags.stage"] == "arm"]
+    assert sorted(arm_runs["tags.arm"]) == sorted(arms)
+    assert set(arm_runs["tags.mlflow.parentRunId"]) == {parent["run_id"]}
+    arm_ids = dict(zip(arm_runs["tags.arm"], arm_runs["run_id"]))
+
+    for arm in arms:
+        study = optuna.load_study(study_name=f"{experiment}/{arm}", storage=storage)
+        assert len(study.trials) == trials and all(t.state.is_finished() for t in study.trials)
+        trial_runs = runs[(runs["tags.stage"] == "trial") & (runs["tags.arm"] == arm)]
+        assert len(trial_runs) == trials
+        assert set(trial_runs["tags.mlflow.parentRunId"]) == {arm_ids[arm]}
+        for _, run in trial_runs.iterrows():
+            expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[run["tags.optuna_state"]]
+            assert run["status"] == expected
+            assert study.trials[int(run["tags.optuna_trial"])].state.name == run["tags.optuna_state"]
+        confirm = runs[(runs["tags.stage"] == "confirm") & (runs["tags.arm"] == arm)]
+        assert len(confirm) == blocks * seeds
+        assert confirm["metrics.test/balanced_accuracy"].notna().all()
+        assert set(confirm["tags.fold"].astype(int)) == set(range(blocks))
+        arm_run = arm_runs[arm_runs["tags.arm"] == arm].iloc[0]
+        for metric in ("balanced_accuracy", "macro_f1", "log_loss"):
+            low, high = (arm_run[f"metrics.confirm/test/{metric}_boot_ci_{s}"] for s in ("low", "high"))
+            assert low <= arm_run[f"metrics.confirm/test/{metric}_pooled"] <= high
+            for block in range(blocks):
+                assert f"metrics.fold{block}/test/{metric}" in arm_run.index
+        assert "best_config.json" in _artifacts(arm_ids[arm], uri)
+
+    summary = _artifacts(parent["run_id"], uri, "summary")
+    assert {"summary/summary.md", "summary/arms.csv", "summary/per_fold.csv", "summary/differences.csv",
+            "summary/verdicts.txt"} <= summary
+    return parent, runs
+
+
+def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
+    assert smoke_03["returncode"] == 0, smoke_03["stdout"][-4000:]
+    arms = smoke_03["arms"]
+    budget = studies.SMOKE_BUDGET
+    parent, runs = _check_protocol(smoke_03["experiment"], smoke_03["uri"], smoke_03["storage"], arms,
+                                   budget.trials_per_arm, budget.folds, budget.seeds)
+    # progress and the final table are printed
+    assert re.search(r"trial \d+ (COMPLETE|PRUNED|FAIL)\s*\| \d+/2 done \| best val", smoke_03["stdout"])
+    assert "| arm | best val |" in smoke_03["stdout"]
+    # verdict lines: every pair of arms, and every arm against HAR-RV
+    verdicts = parent["tags.verdicts"].split(" | ")
+    assert len(verdicts) == len(arms) * (len(arms) - 1) // 2 + len(arms)
+    assert all(re.search(r"better than|no detectable difference", v) for v in verdicts)
+    assert sum("har_rv" in v for v in verdicts) == len(arms)
+    # the papermill report: in reports/ of the working directory and on the parent run
+    report_dir = smoke_03["root"] / "reports" / "03_encoding_ablation"
+    assert (report_dir / "ablation_report.ipynb").is_file() and (report_dir / "ablation_report.html").is_file()
+    logged = _artifacts(parent["run_id"], smoke_03["uri"], "report")
+    assert {"report/ablation_report.ipynb", "report/ablation_report.html"} <= logged
+    html = (report_dir / "ablation_report.html").read_text()
+    for arm in arms:
+        assert arm in html
+
+
+@pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation"])
+def test_smoke_of_each_experiment_script(script, tmp_path):
+    ablation = _load(script)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    code = studies.main(ablation, ["--smoke", "--dataset", "synthetic", "--no-report", "--jobs", "1",
+                                   "--trials", "1", "--folds", "1", "--max-epochs", "1",
+                                   "--tracking-uri", uri, "--storage", storage])
+    assert code == 0
+    parent, _ = _check_protocol(script, uri, storage, [a.name for a in ablation.arms], trials=1, blocks=1, seeds=1)
+    # synthetic data: each path's Bayes-optimal ceiling is reported beside the models
+    assert "summary/ceilings.csv" in _artifacts(parent["run_id"], uri, "summary")
