@@ -78,6 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="forward_vol_regime | true_regime (synthetic) | column:<name> (csv); default by dataset")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the stochastic fits and the bootstrap")
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="skip the papermill data report (reports/<experiment>/data_report.html)")
     parser.add_argument("--smoke", action="store_true", help="tiny and fast (< 1 minute): short data, few folds")
     parser.add_argument("--evaluation", choices=("auto", "walk_forward", "single"), default="auto",
                         help="auto = walk_forward on real data, single on synthetic data")
@@ -244,8 +246,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         tracking.log_text(table.to_csv(index=False, float_format="%.4f"), "summary.csv")
         parent.log_metrics({f"{r['baseline']}/test/balanced_accuracy": r["test/balanced_accuracy"] for r in rows})
         parent.log_metrics({"time/total_seconds": time.perf_counter() - t0})
+        report_error = _render_report(args, config, parent.run_id)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if report_error:
+        raise SystemExit(report_error)
     return summary
+
+
+def _render_report(args, config, parent_run_id: str) -> str | None:
+    """Execute the data report of this run's data configuration into reports/<experiment>/ and log it
+    to the parent run; returns an error message (the runs stay FINISHED) or ``None``."""
+    if not args.report:
+        return None
+    from regimetry import reports, tracking
+
+    try:
+        paths = reports.render_experiment_data_report(EXPERIMENT, config, parent_run_id=parent_run_id)
+        log.info("report: %s", paths.html)
+        return None
+    except (reports.ReportError, ValueError) as exc:
+        tracking.set_tags({"report_error": str(exc)[:4000]}, run_id=parent_run_id)
+        return f"error: the report failed to render: {exc}"
 
 
 if __name__ == "__main__":

@@ -84,6 +84,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="label the encoder is trained on: forward_vol_regime | true_regime | column:<name>")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--seed", type=int, default=0, help="seed of training, clustering and t-SNE")
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="skip the papermill data report (reports/<experiment>/data_report.html)")
     parser.add_argument("--smoke", action="store_true", help="tiny and fast (< 1 minute)")
     parser.add_argument("--methods", default=",".join(D.CLUSTERING_METHODS),
                         help=f"comma-separated clustering methods (default {','.join(D.CLUSTERING_METHODS)})")
@@ -266,7 +268,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                 log.info("%-20s test stickiness %s  NMI vs label %.3f%s  (%.1fs)", arm, np.round(stick, 3),
                          metrics["test/nmi_vs_label"], extra, time.perf_counter() - t2)
         parent.log_metrics({"time/total_seconds": time.perf_counter() - t0})
+        report_error = _render_report(args, data_config, parent.run_id)
+    if report_error:
+        raise SystemExit(report_error)
     return summary
+
+
+def _render_report(args, config, parent_run_id: str) -> str | None:
+    """Execute the data report of this run's data configuration into reports/<experiment>/ and log it
+    to the parent run; returns an error message (the runs stay FINISHED) or ``None``."""
+    if not args.report:
+        return None
+    from regimetry import reports, tracking
+
+    try:
+        paths = reports.render_experiment_data_report(EXPERIMENT, config, parent_run_id=parent_run_id)
+        log.info("report: %s", paths.html)
+        return None
+    except (reports.ReportError, ValueError) as exc:
+        tracking.set_tags({"report_error": str(exc)[:4000]}, run_id=parent_run_id)
+        return f"error: the report failed to render: {exc}"
 
 
 if __name__ == "__main__":

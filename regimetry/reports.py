@@ -391,6 +391,29 @@ def render_data_report(
                            timeout=timeout)
 
 
+def render_experiment_data_report(
+    experiment: str,
+    data_config: DataConfig | Mapping[str, Any],
+    *,
+    parent_run_id: str | None = None,
+    output_dir: str | os.PathLike = "reports",
+) -> ReportPaths:
+    """The report of a non-ablation experiment (``01_baselines``, ``02_regime_discovery``): the data
+    report of its data configuration, written to ``<output_dir>/<experiment>/`` and logged under
+    ``report/`` of the experiment's parent run (when ``parent_run_id`` is given).
+
+    Raises:
+        ReportError: a cell failed (the partial notebook is kept).
+    """
+    from regimetry import tracking
+
+    paths = render_data_report(data_config, Path(output_dir) / experiment, name="data_report")
+    if parent_run_id is not None:
+        for path in (paths.notebook, paths.html):
+            tracking.log_artifact(path, "report", run_id=parent_run_id)
+    return paths
+
+
 def data_config_from(value: DataConfig | Mapping[str, Any] | str | os.PathLike) -> DataConfig:
     """A validated ``DataConfig`` from a config, a mapping, a YAML file path or YAML text.
 

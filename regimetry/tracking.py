@@ -618,13 +618,23 @@ def _log_model(model, splits, run_id: str, *, full_model: bool) -> None:
         requirements = [f"{p}=={importlib.metadata.version(p)}" for p in ("tensorflow", "keras", "numpy")]
         current = mlflow.active_run()
         activate = current is None or current.info.run_id != run_id
-        with (mlflow.start_run(run_id=run_id, nested=current is not None) if activate else contextlib.nullcontext()):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                info = _retry(lambda: Model.log(
-                    artifact_path=None, name="model", flavor=_KERAS_FLAVOR, flavor_name="mlflow.keras", model=model,
-                    signature=signature, input_example=example, pip_requirements=requirements,
-                ))
+        import keras
+
+        # MLflow validates the input example with model.predict() and its default progress bar;
+        # keep that out of the experiment's output.
+        interactive = keras.utils.is_interactive_logging_enabled()
+        keras.utils.disable_interactive_logging()
+        try:
+            with (mlflow.start_run(run_id=run_id, nested=current is not None) if activate else contextlib.nullcontext()):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    info = _retry(lambda: Model.log(
+                        artifact_path=None, name="model", flavor=_KERAS_FLAVOR, flavor_name="mlflow.keras",
+                        model=model, signature=signature, input_example=example, pip_requirements=requirements,
+                    ))
+        finally:
+            if interactive:
+                keras.utils.enable_interactive_logging()
         tags["model_uri"] = info.model_uri
     set_tags(tags, run_id=run_id)
 

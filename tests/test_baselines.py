@@ -242,16 +242,20 @@ def _load_script(name: str):
     return module
 
 
-def test_baselines_script_smoke_logs_promised_runs(tracking_uri):
+def test_baselines_script_smoke_logs_promised_runs(tracking_uri, tmp_path, monkeypatch):
     from regimetry import tracking
 
+    monkeypatch.chdir(tmp_path)  # the report goes to ./reports/01_baselines/
     script = _load_script("01_baselines")
     summary = script.main(["--smoke", "--dataset", "synthetic", "--tracking-uri", tracking_uri])
+    assert (tmp_path / "reports" / "01_baselines" / "data_report.html").is_file()
     runs = tracking.search_runs("01_baselines", tracking_uri=tracking_uri)
     assert set(runs["status"]) == {"FINISHED"}
     parents = runs[runs["tags.stage"] == "baseline_session"]
     children = runs[runs["tags.stage"] == "baseline"]
     assert len(parents) == 1
+    assert {"report/data_report.ipynb", "report/data_report.html"} <= set(
+        tracking.list_artifacts(parents["run_id"].iloc[0], "report", tracking_uri=tracking_uri))
     assert set(children["tags.arm"]) == set(B.BASELINES) == set(summary)
     assert (children["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]).all()
     assert set(children["tags.dataset"]) == {"synthetic"}

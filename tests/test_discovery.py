@@ -131,7 +131,7 @@ def test_discovery_script_smoke_logs_promised_runs(tracking_uri):
     spec = importlib.util.spec_from_file_location("experiment_02", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    summary = script.main(["--smoke", "--dataset", "synthetic", "--tracking-uri", tracking_uri])
+    summary = script.main(["--smoke", "--dataset", "synthetic", "--no-report", "--tracking-uri", tracking_uri])
     runs = tracking.search_runs("02_regime_discovery", tracking_uri=tracking_uri)
     assert set(runs["status"]) == {"FINISHED"}
     children = runs[runs["tags.stage"] == "discovery"]
