@@ -15,7 +15,7 @@ Vaswani et al. 2017), a learnable position table, or no positional information a
   each fold's training period; AdamW, early stopping on validation balanced accuracy, balanced class weights.
 - Budget (equal per arm): 8 quasi-random (Sobol) trials per arm on the first walk-forward fold, at most
   15 epochs (patience 4), median pruning after 3 trials / 3 epochs; then each arm's best configuration is
-  retrained on 5 walk-forward folds x 2 seeds and evaluated once on every fold's test block (together
+  retrained on 5 walk-forward folds x 3 seeds and evaluated once on every fold's test block (together
   2004-2018). Metrics pooled over the test blocks with 95 % block-bootstrap intervals and paired
   differences between arms and against HAR-RV.
 

@@ -12,7 +12,7 @@ windows (shorter histories NaN-padded and hidden by a padding mask) cost accurac
 - Fixed: sinusoidal interleaved encoding, 2 encoder blocks, last-step pooling (so that the causal arm's
   summary sees the whole window), post-norm; data and labels as in 03.
 - Budget (equal per arm): 8 Sobol trials per arm on the first walk-forward fold, at most 15 epochs; best
-  configuration of every arm confirmed on 5 folds x 2 seeds; pooled block-bootstrap intervals.
+  configuration of every arm confirmed on 5 folds x 3 seeds; pooled block-bootstrap intervals.
 
 Reproduce: ``python experiments/04_mask_ablation.py`` (``--smoke`` for a quick run).
 """

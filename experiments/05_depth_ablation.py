@@ -8,7 +8,7 @@ classification on daily market windows, once each depth is tuned with the same b
 - Fixed: sinusoidal interleaved encoding, mean pooling, unmasked attention, pre-norm blocks (stable at
   depth 6); data and labels as in 03.
 - Budget (equal per arm): 8 Sobol trials per arm on the first walk-forward fold, at most 15 epochs; best
-  configuration of every arm confirmed on 5 folds x 2 seeds; pooled block-bootstrap intervals.
+  configuration of every arm confirmed on 5 folds x 3 seeds; pooled block-bootstrap intervals.
 
 Reproduce: ``python experiments/05_depth_ablation.py`` (``--smoke`` for a quick run).
 """

@@ -8,7 +8,7 @@ mean over steps, max over steps, a learned CLS token, the last step, or learned 
 - Fixed: sinusoidal interleaved encoding, 2 encoder blocks, unmasked attention, post-norm; data and
   labels as in 03.
 - Budget (equal per arm): 8 Sobol trials per arm on the first walk-forward fold, at most 15 epochs; best
-  configuration of every arm confirmed on 5 folds x 2 seeds; pooled block-bootstrap intervals.
+  configuration of every arm confirmed on 5 folds x 3 seeds; pooled block-bootstrap intervals.
 
 Reproduce: ``python experiments/06_pooling_ablation.py`` (``--smoke`` for a quick run).
 """

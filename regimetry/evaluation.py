@@ -7,10 +7,13 @@ as implemented in ``arch.bootstrap.CircularBlockBootstrap``; the block length sh
 label horizon (in windows).
 
 Predictions of several seeds are carried as a 2-D array ``(n_windows, n_seeds)`` of class ids (or
-``(n_windows, n_seeds, n_classes)`` of probabilities for log loss). In every bootstrap replicate the
-metric is computed per seed on the resampled windows and averaged over seeds, so an interval covers the
-sampling uncertainty of the test data for the seed-averaged model; the spread over seeds is reported
-separately by :func:`mean_ci`.
+``(n_windows, n_seeds, n_classes)`` of probabilities for log loss). Each bootstrap replicate resamples
+blocks of windows *and*, by default, the seeds (with replacement, independently per model), then
+computes the metric per drawn seed and averages: a two-level bootstrap whose interval covers both the
+sampling uncertainty of the test period and the training randomness of the model (Bouthillier et al.,
+2021, "Accounting for variance in machine learning benchmarks"). With only a few seeds the seed level
+is coarse; more seeds give more honest intervals. The spread over seeds alone is also reported by
+:func:`mean_ci`.
 
 References:
     Politis, D. N. and Romano, J. P. (1992). A circular block-resampling procedure for stationary data.
@@ -185,6 +188,25 @@ def _check_block_length(block_length: int, n: int) -> int:
     return int(min(block_length, n))
 
 
+def _replicates(block: int, n_boot: int, seed: int, y_true: np.ndarray, stacks: list[np.ndarray],
+                resample_seeds: bool, statistic) -> np.ndarray:
+    """``n_boot`` values of ``statistic(y, *stacks)`` over circular-block resamples of the windows and,
+    if ``resample_seeds``, with-replacement resamples of each stack's seed axis (axis 1)."""
+    rng = np.random.default_rng(seed)
+    bs = CircularBlockBootstrap(block, np.arange(y_true.shape[0]), seed=rng)
+    out = np.empty(n_boot)
+    for r, (pos, _) in enumerate(bs.bootstrap(n_boot)):
+        idx = pos[0]
+        drawn = []
+        for stack in stacks:
+            rows = stack[idx]
+            if resample_seeds and stack.shape[1] > 1:
+                rows = rows[:, rng.integers(0, stack.shape[1], stack.shape[1])]
+            drawn.append(rows)
+        out[r] = statistic(y_true[idx], *drawn)
+    return out
+
+
 def block_bootstrap_ci(
     metric: str,
     y_true: np.ndarray,
@@ -195,6 +217,7 @@ def block_bootstrap_ci(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    resample_seeds: bool = True,
 ) -> Interval:
     """Circular block-bootstrap percentile interval of a (seed-averaged) metric.
 
@@ -205,17 +228,18 @@ def block_bootstrap_ci(
         num_classes: number of regimes.
         block_length: windows per block; use at least the label horizon (bars / stride).
         n_boot: bootstrap replicates. level: interval coverage. seed: resampling seed.
+        resample_seeds: also resample the seeds in every replicate (two-level bootstrap).
 
     Returns:
-        :class:`Interval` whose estimate is the metric on the original data.
+        :class:`Interval` whose estimate is the metric on the original data (all seeds).
     """
-    y_true = np.asarray(y_true)
+    y_true = np.asarray(y_true, dtype=np.int64)
     block = _check_block_length(block_length, y_true.shape[0])
     _, needs_probs = METRICS[metric] if metric in METRICS else (None, False)
     stack = _as_seed_stack(predictions, needs_probs)
     estimate = seed_averaged_metric(metric, y_true, stack, num_classes)
-    bs = CircularBlockBootstrap(block, y_true, stack, seed=np.random.default_rng(seed))
-    reps = bs.apply(lambda y, p: np.array([seed_averaged_metric(metric, y, p, num_classes)]), reps=n_boot)[:, 0]
+    reps = _replicates(block, n_boot, seed, y_true, [stack], resample_seeds,
+                       lambda y, p: seed_averaged_metric(metric, y, p, num_classes))
     lo, hi = np.quantile(reps, [0.5 - level / 2.0, 0.5 + level / 2.0])
     return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]))
 
@@ -231,12 +255,15 @@ def paired_block_bootstrap(
     n_boot: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    resample_seeds: bool = True,
 ) -> Interval:
     """Paired circular block-bootstrap interval of ``metric(A) - metric(B)`` on the same windows.
 
     Both models are scored on the *same* resampled blocks in each replicate, so the interval reflects
-    how much the difference (not each score) varies. Identical predictions give a zero-width interval
-    at 0; a constant gap is recovered exactly when it holds in every block.
+    how much the difference (not each score) varies; with ``resample_seeds`` each model's seeds are
+    also redrawn (independently: A's and B's training runs are independent), so a gap that one lucky
+    seed produced does not pass for a real one. Identical single-seed predictions give a zero-width
+    interval at 0; a constant gap is recovered exactly when it holds in every block.
 
     Args:
         predictions_a, predictions_b: predictions of the two models on the same windows (shapes as in
@@ -246,7 +273,7 @@ def paired_block_bootstrap(
     Returns:
         :class:`Interval` of A minus B.
     """
-    y_true = np.asarray(y_true)
+    y_true = np.asarray(y_true, dtype=np.int64)
     block = _check_block_length(block_length, y_true.shape[0])
     needs_probs = METRICS[metric][1] if metric in METRICS else False
     a = _as_seed_stack(predictions_a, needs_probs)
@@ -258,13 +285,10 @@ def paired_block_bootstrap(
         )
 
     def diff(y, pa, pb):
-        return np.array(
-            [seed_averaged_metric(metric, y, pa, num_classes) - seed_averaged_metric(metric, y, pb, num_classes)]
-        )
+        return seed_averaged_metric(metric, y, pa, num_classes) - seed_averaged_metric(metric, y, pb, num_classes)
 
-    estimate = float(diff(y_true, a, b)[0])
-    bs = CircularBlockBootstrap(block, y_true, a, b, seed=np.random.default_rng(seed))
-    reps = bs.apply(diff, reps=n_boot)[:, 0]
+    estimate = float(diff(y_true, a, b))
+    reps = _replicates(block, n_boot, seed, y_true, [a, b], resample_seeds, diff)
     lo, hi = np.quantile(reps, [0.5 - level / 2.0, 0.5 + level / 2.0])
     return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]))
 

@@ -237,7 +237,7 @@ class Budget:
     trials_per_arm: int = 8
     max_epochs: int = 15
     patience: int = 4
-    seeds: int = 2
+    seeds: int = 3
     folds: int = 5
     pruner_startup_trials: int = 3
     pruner_warmup_epochs: int = 3
@@ -877,6 +877,11 @@ def _markdown(summary: dict[str, Any], ablation: Ablation, budget: Budget) -> st
         lines += ["", "## Per fold (test balanced accuracy, mean over seeds)", "",
                   summary["per_fold"].pivot(index="fold", columns="arm", values="balanced_accuracy").round(3).to_markdown()
                   if _has_tabulate() else summary["per_fold"].to_string(index=False)]
+    ceilings = summary.get("ceilings")
+    if ceilings is not None and len(ceilings):
+        table = ceilings.groupby(["arm", "path"], sort=False)[["accuracy", "ceiling_accuracy", "fraction_of_ceiling"]].mean()
+        lines += ["", "## Against the Bayes-optimal ceiling (Hamilton filter with the true parameters, per path)", "",
+                  table.round(3).reset_index().to_string(index=False)]
     return "\n".join(lines) + "\n"
 
 

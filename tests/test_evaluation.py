@@ -96,3 +96,16 @@ def test_fast_metrics_equal_scikit_learn():
             f1_score(y, pred, average="macro", labels=np.arange(k), zero_division=0))
         assert seed_averaged_metric("log_loss", y, probs, k) == pytest.approx(
             log_loss(y, probs, labels=np.arange(k)))
+
+
+def test_seed_resampling_widens_a_gap_made_by_one_lucky_seed():
+    # A's two seeds: one perfect, one always wrong; B is right 50 % of the time in every block.
+    y = _labels(n=400, seed=7)
+    a = np.stack([y, (y + 1) % 3], axis=1)
+    b = np.where(np.arange(y.size) % 2 == 0, y, (y + 1) % 3)
+    with_seeds = paired_block_bootstrap("accuracy", y, a, b, 3, block_length=20, n_boot=300, seed=1)
+    windows_only = paired_block_bootstrap("accuracy", y, a, b, 3, block_length=20, n_boot=300, seed=1,
+                                          resample_seeds=False)
+    assert with_seeds.estimate == windows_only.estimate == pytest.approx(0.0)
+    assert windows_only.upper - windows_only.lower < 0.05  # the seed average hides the seed spread
+    assert with_seeds.lower <= -0.4 and with_seeds.upper >= 0.4  # {bad, bad} and {good, good} draws
