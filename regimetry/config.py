@@ -166,6 +166,21 @@ def _coerce(cls_name: str, field: str, value: Any, hint: Any) -> Any:
     return value
 
 
+class _StringDatesLoader(yaml.SafeLoader):
+    """YAML safe loader that keeps dates as strings, so that a bad date such as ``2010-13-01`` reaches
+    the config's validation (which names the field) instead of failing inside PyYAML."""
+
+
+_StringDatesLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_StringDatesLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file.
 
@@ -177,7 +192,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        document = yaml.safe_load(path.read_text()) or {}
+        document = _yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, dict):
@@ -202,7 +217,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, A
             raise ValueError(f"override {item!r}: expected section.field=value (e.g. model.d_model=64)")
         section, field = key.split(".", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = _yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         out.setdefault(section.strip(), {})[field.strip()] = value
@@ -213,6 +228,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, A
 # Data
 # ------------------------------------------------------------------------------------------------
 SOURCES = ("sp500", "nasdaq", "csv", "synthetic")
+MAX_REGIMES = 20  # regime classes; more is not a regime model (and every per-class figure breaks)
 DEFAULT_FEATURES = (
     "log_return",
     "abs_return",
@@ -297,8 +313,8 @@ class DataConfig(_ConfigBase):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise _err(name, field, f"must be a positive integer, got {value!r}")
-        if self.num_regimes < 2:
-            raise _err(name, "num_regimes", f"must be >= 2, got {self.num_regimes}")
+        if not 2 <= self.num_regimes <= MAX_REGIMES:
+            raise _err(name, "num_regimes", f"must lie in [2, {MAX_REGIMES}], got {self.num_regimes}")
         if self.embargo is not None and (not isinstance(self.embargo, int) or self.embargo < 0):
             raise _err(name, "embargo", f"must be a non-negative integer or None, got {self.embargo!r}")
         for field in ("train_fraction", "val_fraction"):

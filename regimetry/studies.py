@@ -385,16 +385,28 @@ def study_direction(ablation: Ablation) -> str:
     return "minimize" if TrainConfig(monitor=monitor).monitor_mode == "min" else "maximize"
 
 
-def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str = "maximize", wait_seconds: float = 120.0) -> optuna.Study:
+def data_key(config: DataConfig) -> str:
+    """What a study's trials were tuned on (the resolved data configuration), as stable JSON."""
+    return json.dumps(config.flat(), sort_keys=True, default=str)
+
+
+def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str = "maximize",
+                 wait_seconds: float = 120.0, data_key: str | None = None) -> optuna.Study:
     """Create the study and enqueue exactly ``budget.trials_per_arm`` trials, or load it.
 
     Creation is atomic in the storage, so when several processes start at once exactly one enqueues;
     the others wait until the budget is recorded. A larger budget on a re-run enqueues the
     difference (do that from one process).
+
+    Raises:
+        ValueError: the stored study was tuned on other data (``data_key`` differs): resuming it would
+            mix trials of two datasets; use another ``--storage`` or delete the study.
     """
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                     sampler=_sampler(seed), pruner=_pruner(budget))
+        if data_key is not None:
+            study.set_user_attr("data", data_key)
         for _ in range(budget.trials_per_arm):
             study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True})
         study.set_user_attr("budget", budget.trials_per_arm)
@@ -407,6 +419,15 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
         if time.monotonic() > deadline:
             raise RuntimeError(f"study {name!r} exists but its budget was never recorded (creator died?)")
         time.sleep(0.5)
+    stored = study.user_attrs.get("data")
+    if data_key is not None and stored is not None and stored != data_key:
+        old, new = json.loads(stored), json.loads(data_key)
+        changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        raise ValueError(
+            f"Optuna study {name!r} in this storage was tuned on other data ({changed} as (stored, now)); "
+            "resuming it would mix trials of two datasets. Use another --storage, or delete the study "
+            "(optuna delete-study --study-name ... --storage ...)."
+        )
     recorded = int(study.user_attrs["budget"])
     if budget.trials_per_arm > recorded:
         for _ in range(budget.trials_per_arm - recorded):
@@ -674,21 +695,21 @@ def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> N
     from regimetry import training
 
     storage = resolve_storage(ctx.options.storage)
-    tuning_blocks = None
+    # Prepare the data before claiming any trial: a data error must never leave a claimed trial behind.
+    tuning_blocks = _tuning_splits(ctx)
     for arm in ctx.ablation.arms:
         if arm_names is not None and arm.name not in arm_names:
             continue
         study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
-                             direction=study_direction(ctx.ablation))
+                             direction=study_direction(ctx.ablation), data_key=data_key(ctx.data_config))
         optuna.storages.fail_stale_trials(study)
+        arm_splits = apply_arm_to_splits(arm, tuning_blocks, ctx.options.seed)
         while True:
             trial = _claim_waiting_trial(study)
             if trial is None:
                 break
-            if tuning_blocks is None:
-                tuning_blocks = _tuning_splits(ctx)
             training.set_global_seed(ctx.options.seed)
-            _run_trial(ctx, study, trial, arm, apply_arm_to_splits(arm, tuning_blocks, ctx.options.seed))
+            _run_trial(ctx, study, trial, arm, arm_splits)
 
 
 def _tuning_splits(ctx: _WorkerContext):
@@ -907,6 +928,12 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
     storage_url = options.storage or DEFAULT_STORAGE
     arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
     started = time.monotonic()
+    # Prepare (and so validate) the data first: a bad CSV or option fails with one clear message
+    # before any MLflow run, Optuna study, trial or worker process exists.
+    blocks = evaluation_blocks(config, options, budget)
+    print(f"== {ablation.name}: {config.dataset_name}, {len(blocks)} evaluation block(s); tuning on block 0 "
+          f"({len(blocks[0].train)} train / {len(blocks[0].val)} validation windows of "
+          f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
     parent_tags = {
         "stage": "study", "dataset": config.dataset_name, "scientific": ablation.scientific,
         "optuna_storage": _redact(storage_url),
@@ -997,7 +1024,7 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     plan, bests = [], {}
     for arm in arm_list:
         study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
-                             direction=study_direction(ctx.ablation))
+                             direction=study_direction(ctx.ablation), data_key=data_key(ctx.data_config))
         best, model_cfg, train_cfg = _best_configs(study)
         bests[arm.name] = (study, best, model_cfg, train_cfg)
         plan += [(arm.name, b, seed, model_cfg, train_cfg) for b in range(len(blocks)) for seed in seeds]
@@ -1155,6 +1182,10 @@ def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
                 ablation.arm(name)
         if args.jobs < 1:
             raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
+        if args.paths < 1:
+            raise ValueError(f"--paths: must be >= 1, got {args.paths}")
+        if args.csv and args.dataset != "csv":
+            raise ValueError(f"--csv {args.csv} is only read with --dataset csv (got --dataset {args.dataset})")
         options = RunOptions(
             dataset=args.dataset, csv=args.csv, target=args.target, trials=args.trials, max_epochs=args.max_epochs,
             seeds=args.seeds, folds=args.folds, storage=args.storage, tracking_uri=args.tracking_uri, seed=args.seed,

@@ -66,3 +66,16 @@ def test_parse_overrides_types():
     assert out == {"model": {"d_model": 64}, "data": {"features": ["a", "b"], "csv_path": "x=y.csv"}}
     with pytest.raises(ValueError, match="section.field=value"):
         parse_overrides(["d_model=3"])
+
+
+def test_bad_dates_and_regime_counts_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="DataConfig.val_start"):
+        DataConfig.from_dict(parse_overrides(["data.val_start=2010-13-01", "data.test_start=2011-01-01"])["data"])
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  end: 2018-02-30\n")
+    with pytest.raises(ValueError, match="DataConfig.end"):
+        DataConfig.from_yaml(path)
+    path.write_text("data:\n  val_start: 2010-01-04\n  test_start: 2012-01-02\n")
+    assert DataConfig.from_yaml(path).val_start == "2010-01-04"
+    with pytest.raises(ValueError, match="num_regimes"):
+        DataConfig(num_regimes=500)

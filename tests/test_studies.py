@@ -41,7 +41,8 @@ def _tiny(name="tiny_ablation", arms=None):
 
 
 def _args(tmp_path, *extra):
-    return ["--dataset", "synthetic", "--smoke", "--no-report", "--paths", "2",
+    # --jobs 1: these tests monkeypatch the harness, which spawned worker processes would not see
+    return ["--dataset", "synthetic", "--smoke", "--no-report", "--paths", "2", "--jobs", "1",
             "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db",
             "--storage", f"sqlite:///{tmp_path}/optuna.db", *extra]
 
@@ -143,7 +144,7 @@ def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeyp
 def test_two_processes_finish_exactly_the_budget(tmp_path):
     script = ROOT / "experiments" / "03_encoding_ablation.py"
     cmd = [sys.executable, str(script), *_args(tmp_path, "--stage", "tune", "--trials", "3", "--arms", "none",
-                                                "--max-epochs", "1")]
+                                                "--max-epochs", "1")]  # each process is one worker
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
              for _ in range(2)]
@@ -171,3 +172,26 @@ def test_experiment_declarations(script):
     assert ablation.name == script and len(ablation.arms) >= 2
     for arm in ablation.arms:  # every arm resolves to a valid config with the default nuisance space
         ablation.resolve(arm, {"head": "linear"}, ablation.budget, seed=0)
+
+
+def test_bad_data_fails_cleanly_before_any_trial_is_claimed(tmp_path, capsys):
+    ablation = _tiny()
+    args = _args(tmp_path, "--stage", "tune")
+    args[args.index("synthetic")] = "csv"
+    code = studies.main(ablation, [*args, "--csv", str(tmp_path / "missing.csv")])
+    assert code == 2
+    assert "missing.csv" in capsys.readouterr().err
+    storage = studies.resolve_storage(f"sqlite:///{tmp_path}/optuna.db")
+    assert optuna.get_all_study_summaries(storage) == []  # no study, so no budget lost
+    assert studies.main(ablation, _args(tmp_path, "--csv", "x.csv")) == 2  # --csv without --dataset csv
+
+
+def test_resuming_a_study_on_other_data_is_refused(tmp_path):
+    from regimetry.config import DataConfig
+
+    storage = studies.resolve_storage(f"sqlite:///{tmp_path}/s.db")
+    key = studies.data_key(DataConfig(source="synthetic"))
+    studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0, data_key=key)
+    studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0, data_key=key)  # same data: resumes
+    with pytest.raises(ValueError, match=r"tuned on other data.*source"):
+        studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0, data_key=studies.data_key(DataConfig()))

@@ -234,7 +234,9 @@ def read_csv_raw(path: str | Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty; expected a header line and one row per bar")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=True)
+        # index_col=False: a row with more fields than the header is an error, not silently an index
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], skipinitialspace=True,
+                            index_col=False)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: the file is empty; expected a header line and one row per bar") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
