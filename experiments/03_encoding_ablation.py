@@ -19,8 +19,8 @@ Vaswani et al. 2017), a learnable position table, or no positional information a
   2004-2018). Metrics pooled over the test blocks with 95 % block-bootstrap intervals and paired
   differences between arms and against HAR-RV.
 
-Reproduce: ``python experiments/03_encoding_ablation.py`` (add ``--jobs 2`` to use two processes,
-``--trials 20 --seeds 5`` for a larger budget, ``--dataset nasdaq`` for the robustness check,
+Reproduce: ``python experiments/03_encoding_ablation.py`` (two worker processes by default; ``--jobs 1``
+for one, ``--trials 20 --seeds 5`` for a larger budget, ``--dataset nasdaq`` for the robustness check,
 ``--smoke`` for a run under two minutes).
 """
 
