@@ -98,7 +98,7 @@ def test_smoke_of_each_experiment_script(script, tmp_path):
     ablation = _load(script)
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    code = studies.main(ablation, ["--smoke", "--dataset", "synthetic", "--no-report", "--jobs", "1",
+    code = studies.main(ablation, ["--smoke", "--dataset", "synthetic", "--no-report", "--jobs", "2",
                                    "--trials", "1", "--folds", "1", "--max-epochs", "1",
                                    "--tracking-uri", uri, "--storage", storage])
     assert code == 0
