@@ -268,26 +268,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                 log.info("%-20s test stickiness %s  NMI vs label %.3f%s  (%.1fs)", arm, np.round(stick, 3),
                          metrics["test/nmi_vs_label"], extra, time.perf_counter() - t2)
         parent.log_metrics({"time/total_seconds": time.perf_counter() - t0})
-        report_error = _render_report(args, data_config, parent.run_id)
+        report_error = _report(args, data_config, parent.run_id)
     if report_error:
         raise SystemExit(report_error)
     return summary
 
 
-def _render_report(args, config, parent_run_id: str) -> str | None:
-    """Execute the data report of this run's data configuration into reports/<experiment>/ and log it
-    to the parent run; returns an error message (the runs stay FINISHED) or ``None``."""
-    if not args.report:
-        return None
-    from regimetry import reports, tracking
+def _report(args, config, parent_run_id: str) -> str | None:
+    from regimetry import reports
 
-    try:
-        paths = reports.render_experiment_data_report(EXPERIMENT, config, parent_run_id=parent_run_id)
-        log.info("report: %s", paths.html)
-        return None
-    except (reports.ReportError, ValueError) as exc:
-        tracking.set_tags({"report_error": str(exc)[:4000]}, run_id=parent_run_id)
-        return f"error: the report failed to render: {exc}"
+    return reports.experiment_data_report_or_error(EXPERIMENT, config, parent_run_id) if args.report else None
 
 
 if __name__ == "__main__":

@@ -414,6 +414,21 @@ def render_experiment_data_report(
     return paths
 
 
+def experiment_data_report_or_error(experiment: str, data_config, parent_run_id: str) -> str | None:
+    """:func:`render_experiment_data_report` for an experiment script's last step: returns ``None`` on
+    success, else an error message for the script to exit with (its runs stay FINISHED; the parent run
+    gets a ``report_error`` tag)."""
+    from regimetry import tracking
+
+    try:
+        paths = render_experiment_data_report(experiment, data_config, parent_run_id=parent_run_id)
+        print(f"report: {paths.html}", flush=True)
+        return None
+    except (ReportError, ValueError) as exc:
+        tracking.set_tags({"report_error": str(exc)[:4000]}, run_id=parent_run_id)
+        return f"error: the report failed to render: {exc}"
+
+
 def data_config_from(value: DataConfig | Mapping[str, Any] | str | os.PathLike) -> DataConfig:
     """A validated ``DataConfig`` from a config, a mapping, a YAML file path or YAML text.
 
