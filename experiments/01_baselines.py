@@ -62,35 +62,23 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regimetry import baselines as B  # noqa: E402
-from regimetry.config import DataConfig  # noqa: E402
+from regimetry.config import SYNTHETIC_FEATURES, DataConfig, add_data_arguments, check_data_arguments  # noqa: E402
 
 EXPERIMENT = Path(__file__).stem
-DATASETS = ("sp500", "nasdaq", "synthetic", "csv")
-SYNTHETIC_FEATURES = ("log_return", "abs_return")
 log = logging.getLogger(EXPERIMENT)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=DATASETS, default="sp500", help="data source (default sp500)")
-    parser.add_argument("--csv", metavar="PATH", help="bars CSV for --dataset csv")
-    parser.add_argument("--target", default=None,
-                        help="forward_vol_regime | true_regime (synthetic) | column:<name> (csv); default by dataset")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the stochastic fits and the bootstrap")
-    parser.add_argument("--no-report", dest="report", action="store_false",
-                        help="skip the papermill data report (reports/<experiment>/data_report.html)")
-    parser.add_argument("--smoke", action="store_true", help="tiny and fast (< 1 minute): short data, few folds")
+    add_data_arguments(parser, seed_help="seed of the stochastic fits and the bootstrap",
+                       smoke_help="tiny and fast (< 1 minute): short data, few folds")
     parser.add_argument("--evaluation", choices=("auto", "walk_forward", "single"), default="auto",
                         help="auto = walk_forward on real data, single on synthetic data")
     parser.add_argument("--baselines", default=None, help="comma-separated subset (default: every applicable one)")
     parser.add_argument("--num-folds", type=int, default=None, help="walk-forward folds (default DataConfig.num_folds)")
     parser.add_argument("--n-boot", type=int, default=1000, help="block-bootstrap replicates for the intervals")
     args = parser.parse_args(argv)
-    if args.dataset == "csv" and not args.csv:
-        parser.error("--dataset csv needs --csv PATH")
-    if args.csv and args.dataset != "csv":
-        parser.error("--csv is only used with --dataset csv")
+    check_data_arguments(parser, args)
     if args.baselines:
         unknown = sorted(set(args.baselines.split(",")) - set(B.BASELINES))
         if unknown:

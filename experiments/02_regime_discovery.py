@@ -67,10 +67,9 @@ import pandas as pd  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from regimetry import discovery as D  # noqa: E402
-from regimetry.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from regimetry.config import DataConfig, ModelConfig, TrainConfig, add_data_arguments, check_data_arguments  # noqa: E402
 
 EXPERIMENT = Path(__file__).stem
-DATASETS = ("sp500", "nasdaq", "synthetic", "csv")
 ENCODERS = ("trained", "untrained")
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(EXPERIMENT)
@@ -78,15 +77,8 @@ log = logging.getLogger(EXPERIMENT)
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=DATASETS, default="sp500", help="data source (default sp500)")
-    parser.add_argument("--csv", metavar="PATH", help="bars CSV for --dataset csv")
-    parser.add_argument("--target", default=None,
-                        help="label the encoder is trained on: forward_vol_regime | true_regime | column:<name>")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default $MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training, clustering and t-SNE")
-    parser.add_argument("--no-report", dest="report", action="store_false",
-                        help="skip the papermill data report (reports/<experiment>/data_report.html)")
-    parser.add_argument("--smoke", action="store_true", help="tiny and fast (< 1 minute)")
+    add_data_arguments(parser, seed_help="seed of training, clustering and t-SNE", smoke_help="tiny and fast (< 1 minute)",
+                       target_help="label the encoder is trained on: forward_vol_regime | true_regime | column:<name>")
     parser.add_argument("--methods", default=",".join(D.CLUSTERING_METHODS),
                         help=f"comma-separated clustering methods (default {','.join(D.CLUSTERING_METHODS)})")
     parser.add_argument("--encoders", default=",".join(ENCODERS), help="comma-separated: trained,untrained")
@@ -94,10 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference", metavar="PATH", default=None,
                         help="regimes.csv of an earlier run (timestamp, regime) to align regime ids to")
     args = parser.parse_args(argv)
-    if args.dataset == "csv" and not args.csv:
-        parser.error("--dataset csv needs --csv PATH")
-    if args.csv and args.dataset != "csv":
-        parser.error("--csv is only used with --dataset csv")
+    check_data_arguments(parser, args)
     for option, given, valid in (("--methods", args.methods, D.CLUSTERING_METHODS), ("--encoders", args.encoders, ENCODERS)):
         unknown = sorted(set(given.split(",")) - set(valid))
         if unknown or not given:

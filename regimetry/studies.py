@@ -58,7 +58,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from regimetry import evaluation
-from regimetry.config import DataConfig, ModelConfig, TrainConfig
+from regimetry.config import SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig
 
 logger = logging.getLogger("regimetry.studies")
 # QMCSampler, heartbeats and fail_stale_trials are stable in practice but still flagged experimental.
@@ -67,7 +67,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
 BASELINE_FOR_COMPARISON = "har_rv"
-SYNTHETIC_FEATURES = ("log_return", "abs_return")
 DEFAULT_JOBS = max(1, min(2, os.cpu_count() or 1))
 
 __all__ = [
