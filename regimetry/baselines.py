@@ -62,6 +62,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from regimetry.data.features import LOG_RV_FLOOR
 from regimetry.data.types import SplitData, Splits
 
 __all__ = [
@@ -94,7 +95,7 @@ C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 GB_LEARNING_RATES = (0.05, 0.15)
 """Learning rates tried for gradient boosting; the best validation balanced accuracy wins."""
 
-_LOG_RV_FLOOR = 1e-4
+_LOG_RV_FLOOR = LOG_RV_FLOOR  # one floor for the HAR baseline and the log_rv_<n> features
 """Floor (annualised vol, fraction) before taking logs, so that a zero return gives a finite log RV."""
 
 

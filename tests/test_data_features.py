@@ -12,7 +12,8 @@ from regimetry.data.features import compute_features
 from regimetry.data.synthetic import simulate_markov_switching
 from regimetry.data.windows import count_windows, make_windows, window_end_positions
 
-ALL = DEFAULT_FEATURES + ("squared_return", "gap", "log_volume", "rv_10", "mom_7", "volume_z_11")
+ALL = tuple(dict.fromkeys(DEFAULT_FEATURES + ("squared_return", "gap", "log_volume", "rv_10", "mom_7", "volume_z_11",
+                                               "log_rv_1", "log_rv_5", "log_rv_22", "log_rv_63")))
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,28 @@ def test_unknown_feature_lists_valid_names(bars):
         compute_features(bars, ["rv_5", "rv_5"])
     with pytest.raises(ValueError, match="needs bar column"):
         compute_features(bars.drop(columns=["volume"]), ["volume_z"])
+
+
+def test_log_rv_definition_floor_and_har_agreement(bars):
+    from regimetry.baselines import har_features
+
+    f = compute_features(bars, ["log_rv_1", "log_rv_5", "log_rv_22", "rv_5"])
+    r = bars["log_return"].to_numpy()
+    t = 120
+    assert f["log_rv_1"].iloc[t] == pytest.approx(np.log(max(np.sqrt(252) * abs(r[t]), 1e-4)))
+    assert f["log_rv_5"].iloc[t] == pytest.approx(np.log(f["rv_5"].iloc[t]))
+    assert f["log_rv_22"].iloc[t] == pytest.approx(np.log(np.sqrt(252 / 22 * np.sum(r[t - 21: t + 1] ** 2))))
+    # warm-up: log_rv_22 needs 22 returns (the first return is NaN) -> first value at bar 22
+    assert f["log_rv_22"].iloc[:22].isna().all() and f["log_rv_22"].iloc[22:].notna().all()
+    # where both are complete, the features equal the HAR-RV baseline's regressors exactly
+    har = har_features(r)
+    np.testing.assert_allclose(f[["log_rv_1", "log_rv_5", "log_rv_22"]].to_numpy()[22:], har[22:], rtol=1e-12)
+    # a zero return gives the floor, not -inf
+    zero = bars.copy()
+    zero.loc[zero.index[50], "log_return"] = 0.0
+    assert compute_features(zero, ["log_rv_1"])["log_rv_1"].iloc[50] == pytest.approx(np.log(1e-4))
+    with pytest.raises(ValueError, match=r"log_rv_<n> \(n >= 1\)"):
+        compute_features(bars, ["log_rv_0"])
 
 
 def test_forward_vol_and_buckets():

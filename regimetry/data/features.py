@@ -20,7 +20,17 @@ name                   definition                                               
 ``rv_<n>``             ``sqrt(252 / n * sum_{k=0..n-1} r_{t-k}^2)``: realized volatility      close
                        over the last n bars, annualised (fraction: 0.15 = 15 %/yr)
 ``mom_<n>``            ``sum_{k=0..n-1} r_{t-k}``: n-bar log return (momentum)                 close
+``log_rv_<n>``         ``log(max(rv_n, 1e-4))``, n >= 1: log realized volatility; with        close
+                       n = 1, 5, 22 these are the HAR-RV regressors (Corsi 2009, eq. 8, on
+                       log volatilities; ``rv_1 = sqrt(252) |r_t|``, the daily-bar proxy of
+                       the day's realized vol). The floor (0.01 %/yr) keeps a zero return
+                       finite and equals the one of ``regimetry.baselines.har_features``
 =====================  ================================================================  ==========
+
+Why log levels: the regime label is a *level* of volatility. A model on standardised ``rv_<n>``
+must extrapolate when a test period is calmer than anything in training (S&P 500 2004-2006 after
+1999-2003); in logs the same move is a small, linear shift, which is how HAR-RV and persistence stay
+right there (``shared`` reference numbers; README "Results").
 
 A feature is NaN where its lookback is not yet available (``rv_63`` needs 63 returns, so with
 a NaN first return it starts at bar 63). ``regimetry.data.prepare`` drops the leading bars where
@@ -55,8 +65,9 @@ FIXED_FEATURES = (
     "log_volume",
     "volume_z",
 )
-_PATTERNS = {"rv": 2, "mom": 1, "volume_z": 2}  # prefix -> minimum n
-_PATTERN_RE = re.compile(r"^(rv|mom|volume_z)_(\d+)$")
+_PATTERNS = {"rv": 2, "mom": 1, "volume_z": 2, "log_rv": 1}  # prefix -> minimum n
+_PATTERN_RE = re.compile(r"^(log_rv|rv|mom|volume_z)_(\d+)$")
+LOG_RV_FLOOR = 1e-4  # annualised vol fraction; the same floor as regimetry.baselines.har_features
 _NEEDS = {
     "log_return": ("log_return",),
     "abs_return": ("log_return",),
@@ -68,12 +79,13 @@ _NEEDS = {
     "volume_z": ("volume",),
     "rv": ("log_return",),
     "mom": ("log_return",),
+    "log_rv": ("log_return",),
 }
 
 
 def valid_feature_description() -> str:
     """Human-readable list of valid feature names (for error messages)."""
-    return ", ".join(FIXED_FEATURES) + ", rv_<n> (n >= 2), mom_<n> (n >= 1), volume_z_<n> (n >= 2)"
+    return ", ".join(FIXED_FEATURES) + ", rv_<n> (n >= 2), log_rv_<n> (n >= 1), mom_<n> (n >= 1), volume_z_<n> (n >= 2)"
 
 
 def _parse(name: str) -> tuple[str, int | None]:
@@ -171,6 +183,9 @@ def compute_features(bars: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
             s = _volume_z(bars["volume"], 63 if n is None else n)
         elif kind == "rv":
             s = np.sqrt((TRADING_DAYS / n) * (r**2).rolling(n, min_periods=n).sum().clip(lower=0.0))
+        elif kind == "log_rv":
+            rv = np.sqrt((TRADING_DAYS / n) * (r**2).rolling(n, min_periods=n).sum().clip(lower=0.0))
+            s = np.log(rv.clip(lower=LOG_RV_FLOOR))
         elif kind == "mom":
             s = r.rolling(n, min_periods=n).sum()
         else:  # pragma: no cover - _parse guarantees one of the above
