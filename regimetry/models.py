@@ -14,6 +14,16 @@ Architecture (layer names in brackets; every name is stable, later code finds la
       -> [head_dense_i, head_dropout_i] for each entry of head_units (activation = config.activation)
       -> [regime_probabilities]  Dense(num_classes, softmax), float32 (batch, num_classes)
 
+With ``linear_shortcut=True`` the head ends in logits instead, and a linear map of the window's last
+real step is added before the softmax (a HAR-like linear model the encoder refines)::
+
+      [input_mask] -> [shortcut_last_step] SequencePooling("last") -> [linear_shortcut] Dense(num_classes)
+      pooled encoding -> head -> [regime_logits] Dense(num_classes)
+      [shortcut_add] Add -> [regime_probabilities] Softmax, float32 (batch, num_classes)
+
+With ``use_encoder=False`` only the shortcut path exists (a multinomial logistic regression on the
+last step's inputs): ``attention_scores`` and ``embed`` then raise ``ValueError``.
+
 Variable-length windows: feed windows NaN-padded at the END (see :func:`pad_windows`). The model
 turns all-NaN steps into a padding mask, so one model takes fixed windows (no NaN) and padded ones,
 and a padded window gives the same prediction as the same window truncated to its real steps.
@@ -104,6 +114,8 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
     window_size = _check_positive_int("build_classifier", "window_size", window_size)
     num_features = _check_positive_int("build_classifier", "num_features", num_features)
     num_classes = _check_positive_int("build_classifier", "num_classes", num_classes, minimum=2)
+    if not config.use_encoder:
+        return _shortcut_only(window_size, num_features, num_classes)
     causal = config.attention_mask == "causal"
 
     layers: dict[str, keras.layers.Layer] = {
@@ -140,9 +152,29 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
     for i, units in enumerate(config.head_units):
         x = keras.layers.Dense(units, activation=config.activation, name=f"head_dense_{i}")(x)
         x = keras.layers.Dropout(config.dropout, name=f"head_dropout_{i}")(x)
-    probabilities = keras.layers.Dense(
-        num_classes, activation="softmax", dtype="float32", name="regime_probabilities"
-    )(x)
+    if not config.linear_shortcut:
+        probabilities = keras.layers.Dense(
+            num_classes, activation="softmax", dtype="float32", name="regime_probabilities"
+        )(x)
+        return keras.Model(windows, probabilities, name="regime_classifier")
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="regime_logits")(x)
+    shortcut = _shortcut_logits(layers["input_mask"], windows, num_classes)
+    logits = keras.layers.Add(dtype="float32", name="shortcut_add")([logits, shortcut])
+    probabilities = keras.layers.Softmax(dtype="float32", name="regime_probabilities")(logits)
+    return keras.Model(windows, probabilities, name="regime_classifier")
+
+
+def _shortcut_logits(input_mask: keras.layers.Layer, windows, num_classes: int):
+    """Class logits of a linear map of each window's last real step (padding skipped)."""
+    x, padding_mask = input_mask(windows)
+    last = SequencePooling("last", name="shortcut_last_step")(x, padding_mask=padding_mask)
+    return keras.layers.Dense(num_classes, dtype="float32", name="linear_shortcut")(last)
+
+
+def _shortcut_only(window_size: int, num_features: int, num_classes: int) -> keras.Model:
+    windows = keras.Input(shape=(window_size, num_features), dtype="float32", name="windows")
+    logits = _shortcut_logits(NanPaddingMask(name="input_mask"), windows, num_classes)
+    probabilities = keras.layers.Softmax(dtype="float32", name="regime_probabilities")(logits)
     return keras.Model(windows, probabilities, name="regime_classifier")
 
 
@@ -276,6 +308,11 @@ def _extractor(model: keras.Model, kind: str) -> keras.Model:
     cache = _EXTRACTORS.setdefault(model, {})
     if kind not in cache:
         get = _layer_getter(model)
+        if get("linear_shortcut") is not None and get("encoder_block_0") is None:
+            raise ValueError(
+                f"model {model.name!r} has no encoder (a shortcut-only model, ModelConfig.use_encoder=False, "
+                "no encoder_block_0): it has no attention scores or pooled embedding"
+            )
         for required in ("input_mask", "projection", "attention_mask", "pooling", "encoder_block_0"):
             if get(required) is None:
                 raise ValueError(

@@ -264,3 +264,55 @@ def test_load_in_a_fresh_process_after_importing_models(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), np.asarray(model(x)))
     np.testing.assert_allclose(np.load(tmp_path / "e.npy"), embed(model, x), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# Linear shortcut (issue 11)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("use_encoder", [True, False], ids=["encoder+shortcut", "shortcut-only"])
+def test_linear_shortcut_round_trips_with_identical_predictions(use_encoder, tmp_path):
+    config = ModelConfig(d_model=8, num_heads=2, ff_dim=12, num_layers=1, linear_shortcut=True,
+                         use_encoder=use_encoder)
+    model = build_classifier(config, window_size=T, num_features=F, num_classes=CLASSES)
+    names = {layer.name for layer in model.layers}
+    assert {"linear_shortcut", "shortcut_last_step", "regime_probabilities"} <= names
+    assert ("encoder_block_0" in names) == use_encoder
+    x = _windows(1)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.train_on_batch(x, np.array([0, 2, 4]))
+    probs = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), probs)
+    if use_encoder:
+        assert embed(loaded, x).shape == (BATCH, 8)
+    else:
+        with pytest.raises(ValueError, match="encoder_block_0"):
+            attention_scores(loaded, x)
+
+
+def test_shortcut_only_is_a_logistic_regression_on_the_last_real_step():
+    config = ModelConfig(linear_shortcut=True, use_encoder=False)
+    model = build_classifier(config, window_size=T, num_features=F, num_classes=CLASSES)
+    x = _windows(2)
+    dense = model.get_layer("linear_shortcut")
+    kernel, bias = (np.asarray(w) for w in dense.weights)
+    logits = x[:, -1, :] @ kernel + bias
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), expected, rtol=1e-5, atol=1e-6)
+    # earlier steps do not matter; with padding, the last REAL step is used
+    changed = x.copy()
+    changed[:, :-1, :] += 3.0
+    np.testing.assert_allclose(np.asarray(model(changed)), np.asarray(model(x)), rtol=1e-6)
+    padded = pad_windows(x, np.full(BATCH, T - 2))
+    last_real = x.copy()
+    np.testing.assert_allclose(np.asarray(model(padded)), np.asarray(model(last_real)), rtol=1e-5, atol=1e-6)
+
+
+def test_shortcut_config_errors():
+    with pytest.raises(ValueError, match="ModelConfig.use_encoder"):
+        ModelConfig(use_encoder=False)
+    with pytest.raises(ValueError, match="ModelConfig.linear_shortcut"):
+        ModelConfig(linear_shortcut="yes")
