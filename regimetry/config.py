@@ -204,7 +204,8 @@ def add_data_arguments(parser, *, seed_help: str, smoke_help: str, target_help: 
     """The command-line options every experiment script shares: ``--dataset``, ``--csv``, ``--target``,
     ``--tracking-uri``, ``--seed``, ``--no-report``, ``--smoke`` (check them with
     :func:`check_data_arguments`)."""
-    parser.add_argument("--dataset", choices=SOURCES, default="sp500", help="data source (default sp500)")
+    parser.add_argument("--dataset", choices=SOURCES + CONTROL_SOURCES, default="sp500",
+                        help="data source (default sp500); control:<task> is a control task")
     parser.add_argument("--csv", metavar="PATH", help="bars CSV for --dataset csv")
     parser.add_argument("--target", default=None, help=target_help or
                         "forward_vol_regime | true_regime (synthetic) | column:<name> (csv); default by dataset")
@@ -252,6 +253,11 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, A
 # Data
 # ------------------------------------------------------------------------------------------------
 SOURCES = ("sp500", "nasdaq", "csv", "synthetic")
+#: Control tasks (``regimetry.data.controls``): synthetic data sets whose ablation winner theory fixes
+#: in advance. ``DataConfig.source = "control:<task>"``; ``control_data_overrides(task)`` gives the
+#: data settings each one needs (``features=()``, ``stride = window_size``, ...).
+CONTROL_TASKS = ("order", "recency", "event_order", "induction")
+CONTROL_SOURCES = tuple(f"control:{task}" for task in CONTROL_TASKS)
 #: Inputs on synthetic data: the simulator's range/volume depend on the current regime directly, so
 #: with them a window model could beat the returns-only Hamilton filter that defines the ceiling.
 SYNTHETIC_FEATURES = ("log_return", "abs_return")
@@ -275,7 +281,11 @@ class DataConfig(_ConfigBase):
     Args:
         source: ``"sp500"`` / ``"nasdaq"`` (daily OHLCV 1999-01-04..2018-12-31 shipped in ``arch``),
             ``"csv"`` (a user's bars + indicator signals, ``csv_path`` required) or ``"synthetic"``
-            (Markov-switching simulator with known regimes). Default ``"sp500"``.
+            (Markov-switching simulator with known regimes), or ``"control:<task>"`` with task in
+            ``CONTROL_TASKS`` (``order``, ``recency``, ``event_order``, ``induction``: synthetic
+            control tasks with a known ablation winner, ``regimetry.data.controls``; they need
+            ``features=()``, ``stride == window_size`` and take ``target="true_regime"``; see
+            ``regimetry.data.controls.control_data_overrides``). Default ``"sp500"``.
         csv_path: path of the CSV for ``source="csv"``.
         timestamp_column: name of the CSV's timestamp column; ``None`` auto-detects one of
             ``timestamp``, ``datetime``, ``date``, ``time`` (case-insensitive).
@@ -300,8 +310,13 @@ class DataConfig(_ConfigBase):
             ``None`` means ``horizon``.
         num_folds: walk-forward (expanding window) folds for ``regimetry.data.prepare_folds``.
         folds_start / folds_end: the period the folds' test blocks cover together (ISO dates);
-            ``None`` start means the first bar after the first 30 % of the samples.
-        synthetic_bars / synthetic_seed: length and seed of the simulated path.
+            ``None`` start means the first bar after the first 30 % of the samples. Default start
+            2008-01-01: the ablations tune hyperparameters on the first fold's train/validation
+            blocks, i.e. on the bars before it (S&P 500: train 1999-2006, validation 2006-07..2007-09,
+            all three regimes present). With the older 2004 start the tuning fold had 879 training
+            and 143 validation windows, and the first test block (2004-06) held one class only.
+        synthetic_bars / synthetic_seed: length and seed of the simulated path (for a control
+            task: ``synthetic_bars // window_size`` independent segments of ``window_size`` bars).
     """
 
     section: ClassVar[str] = "data"
@@ -325,15 +340,16 @@ class DataConfig(_ConfigBase):
     end: str | None = None
     embargo: int | None = None
     num_folds: int = 5
-    folds_start: str | None = "2004-01-01"
+    folds_start: str | None = "2008-01-01"
     folds_end: str | None = None
     synthetic_bars: int = 6000
     synthetic_seed: int = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        if self.source not in SOURCES:
-            raise _err(name, "source", f"expected one of {list(SOURCES)}, got {self.source!r}")
+        if self.source not in SOURCES and self.source not in CONTROL_SOURCES:
+            raise _err(name, "source", f"expected one of {list(SOURCES)} or control:<task> with task in "
+                                       f"{list(CONTROL_TASKS)}, got {self.source!r}")
         if self.source == "csv" and not self.csv_path:
             raise _err(name, "csv_path", "required when source='csv'")
         for field in ("horizon", "num_regimes", "window_size", "stride", "num_folds", "synthetic_bars"):
@@ -364,23 +380,38 @@ class DataConfig(_ConfigBase):
         if self.val_start is not None and self.test_start is not None and self.val_start >= self.test_start:
             raise _err(name, "test_start", f"must come after val_start ({self.val_start}), got {self.test_start}")
         target = self.resolved_target
-        if target == "true_regime" and self.source != "synthetic":
-            raise _err(name, "target", "'true_regime' exists only for source='synthetic'")
+        if target == "true_regime" and self.source != "synthetic" and self.control_task is None:
+            raise _err(name, "target", "'true_regime' exists only for source='synthetic' or a control:<task>")
+        if self.control_task is not None:
+            if target != "true_regime":
+                raise _err(name, "target", f"a control task's label is its own: expected 'true_regime' (or None), "
+                                           f"got {target!r}")
+            if self.features:
+                raise _err(name, "features", f"a control task brings its own input channels: expected () (see "
+                                             f"regimetry.data.controls.control_data_overrides), got {self.features}")
+            if self.stride != self.window_size:
+                raise _err(name, "stride", f"a control task needs stride == window_size (one window per segment), "
+                                           f"got stride={self.stride}, window_size={self.window_size}")
         if not (target in ("forward_vol_regime", "true_regime") or target.startswith("column:")):
             raise _err(
                 name, "target", f"expected 'forward_vol_regime', 'true_regime' or 'column:<name>', got {target!r}"
             )
         if target.startswith("column:") and (self.source != "csv" or not target[len("column:"):]):
             raise _err(name, "target", "'column:<name>' needs source='csv' and a column name")
-        if not self.features and self.source != "csv":
+        if not self.features and self.source != "csv" and self.control_task is None:
             raise _err(name, "features", "at least one feature is needed")
 
     @property
     def resolved_target(self) -> str:
         """The label definition in force (``target`` with ``None`` resolved by source)."""
         if self.target is None:
-            return "true_regime" if self.source == "synthetic" else "forward_vol_regime"
+            return "true_regime" if self.source == "synthetic" or self.control_task else "forward_vol_regime"
         return self.target
+
+    @property
+    def control_task(self) -> str | None:
+        """The control task of a ``"control:<task>"`` source (e.g. ``"order"``), else ``None``."""
+        return self.source[len("control:"):] if self.source.startswith("control:") else None
 
     @property
     def resolved_embargo(self) -> int:
@@ -434,6 +465,14 @@ class ModelConfig(_ConfigBase):
         head_units: hidden layer sizes of the MLP head before the softmax (``()`` = linear head).
         norm_first: pre-layer-norm blocks (``True``) or post-norm as in the paper (``False``).
         activation: feed-forward activation. Default ``"gelu"``.
+        linear_shortcut: add a linear map of the window's last real step (the raw, preprocessed
+            inputs) to the class logits, so that ``logits = W x_T + b + head(pooled encoding)`` and
+            the encoder learns a residual over a HAR-like linear model (in the spirit of HARNet,
+            Reisenhofer et al. 2022, which starts from HAR and learns the rest). Default ``False``.
+        use_encoder: build the encoder (projection, positional encoding, blocks, pooling, head).
+            ``False`` (with ``linear_shortcut=True``) gives the shortcut alone: a multinomial
+            logistic regression on the last step's inputs, trained by the same code (the
+            reference arm of ``experiments/07_encoder_value.py``). Default ``True``.
 
     Raises:
         ValueError: a value out of range, naming the field. ``pooling="cls"`` with
@@ -457,9 +496,16 @@ class ModelConfig(_ConfigBase):
     head_units: tuple[int, ...] = ()
     norm_first: bool = False
     activation: str = "gelu"
+    linear_shortcut: bool = False
+    use_encoder: bool = True
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        for field in ("norm_first", "linear_shortcut", "use_encoder"):
+            if not isinstance(getattr(self, field), bool):
+                raise _err(name, field, f"expected true/false, got {getattr(self, field)!r}")
+        if not self.use_encoder and not self.linear_shortcut:
+            raise _err(name, "use_encoder", "False needs linear_shortcut=True (a model needs an encoder or a shortcut)")
         for field in ("d_model", "num_heads", "ff_dim", "num_layers"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -157,7 +157,10 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
             num_classes, activation="softmax", dtype="float32", name="regime_probabilities"
         )(x)
         return keras.Model(windows, probabilities, name="regime_classifier")
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="regime_logits")(x)
+    # Zero-initialised: the model starts as its shortcut (training.warm_start_shortcut sets that to a
+    # logistic regression), and the encoder learns a residual over it.
+    logits = keras.layers.Dense(num_classes, dtype="float32", kernel_initializer="zeros",
+                                name="regime_logits")(x)
     shortcut = _shortcut_logits(layers["input_mask"], windows, num_classes)
     logits = keras.layers.Add(dtype="float32", name="shortcut_add")([logits, shortcut])
     probabilities = keras.layers.Softmax(dtype="float32", name="regime_probabilities")(logits)

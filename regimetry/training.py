@@ -20,6 +20,11 @@ Training (``fit``):
   that score drives early stopping (``TrainConfig.monitor``, ``patience``) and is what
   ``epoch_callback`` receives (the study harness prunes on it). The weights of the best epoch are
   restored at the end.
+* Linear shortcut (``ModelConfig.linear_shortcut``): before the first step the shortcut is set to a
+  multinomial logistic regression on the training windows' last real step (scikit-learn, L2 with
+  ``C = 1`` on the standardised inputs, the same class weights), and the encoder's head starts at
+  zero (``regime_logits`` is zero-initialised). So training starts from a HAR-like linear model and
+  the encoder learns a residual over it, as HARNet starts from HAR (Reisenhofer et al. 2022).
 * Seeded: ``set_global_seed`` seeds Python, NumPy, TensorFlow and Keras before the model is built.
   On CPU this alone gives bit-identical metrics for the same seed (measured; see
   ``set_global_seed``), so TensorFlow's op determinism is off by default.
@@ -49,6 +54,7 @@ __all__ = [
     "metrics_from_probs",
     "predict_proba",
     "set_global_seed",
+    "warm_start_shortcut",
 ]
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -402,6 +408,48 @@ def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch
     return _ValidationAndEarlyStopping()
 
 
+def last_real_steps(X: np.ndarray) -> np.ndarray:
+    """Each window's last real step: ``(n, T, F)`` windows (NaN-padded at the end) -> ``(n, F)``."""
+    X = np.asarray(X)
+    real = ~np.isnan(X).all(axis=2)
+    last = np.where(real.any(axis=1), real.shape[1] - 1 - np.argmax(real[:, ::-1], axis=1), 0)
+    return np.nan_to_num(X[np.arange(X.shape[0]), last])
+
+
+def warm_start_shortcut(model: Any, train: SplitData, num_classes: int, sample_weight: np.ndarray | None,
+                        C: float = 1.0) -> bool:
+    """Set a model's ``linear_shortcut`` layer to a multinomial logistic regression on the training
+    windows' last real step (scikit-learn ``LogisticRegression``, L2 penalty ``C``, lbfgs, the given
+    per-window weights). Classes absent from training get a very negative bias.
+
+    Returns:
+        ``True`` when the model has a shortcut (and it was set), ``False`` otherwise.
+    """
+    try:
+        layer = model.get_layer("linear_shortcut")
+    except ValueError:
+        return False
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    X = last_real_steps(train.X).astype(np.float64)
+    y = np.asarray(train.y)
+    present = np.unique(y)
+    kernel = np.zeros((X.shape[1], num_classes), dtype=np.float32)
+    bias = np.full((num_classes,), -10.0, dtype=np.float32)
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings on near-separable folds
+        fitted = LogisticRegression(C=C, max_iter=500).fit(X, y, sample_weight=sample_weight)
+    coef, intercept = fitted.coef_, fitted.intercept_
+    if present.size == 2:  # binary: sklearn returns one logit difference
+        coef = np.vstack([-coef / 2.0, coef / 2.0])
+        intercept = np.array([-intercept[0] / 2.0, intercept[0] / 2.0])
+    kernel[:, present] = coef.T
+    bias[present] = intercept
+    layer.set_weights([kernel, bias])
+    return True
+
+
 def compile_model(model: Any, train_config: TrainConfig) -> Any:
     """Compile ``model`` with AdamW, categorical cross-entropy (label smoothing) and accuracy."""
     import keras
@@ -491,6 +539,7 @@ def fit(
     weights = None
     if train_config.class_weight == "balanced":
         weights = class_weights(splits.train.y, k)[splits.train.y]
+    warm_start_shortcut(model, splits.train, k, weights)
     train_ds = make_dataset(
         splits.train.X, splits.train.y, k, train_config.batch_size,
         shuffle_seed=train_config.seed, sample_weight=weights,

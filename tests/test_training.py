@@ -157,3 +157,46 @@ def test_fit_rejects_bad_splits(random_splits):
         training.fit(empty_val, TINY_MODEL, TINY_TRAIN)
     with pytest.raises(ValueError, match="seed"):
         training.set_global_seed(-1)
+
+
+# ---- linear shortcut warm start (issue 11) -----------------------------------------------------
+def test_last_real_steps_skips_trailing_padding():
+    X = np.arange(2 * 4 * 3, dtype=np.float64).reshape(2, 4, 3)
+    X[1, 2:] = np.nan  # window 1 has two real steps
+    np.testing.assert_array_equal(training.last_real_steps(X), np.stack([X[0, 3], X[1, 1]]))
+
+
+@pytest.mark.parametrize("use_encoder", [True, False], ids=["encoder+shortcut", "shortcut-only"])
+def test_warm_start_makes_the_untrained_model_the_logistic_regression(random_splits, use_encoder):
+    from sklearn.linear_model import LogisticRegression
+
+    from regimetry.models import build_classifier
+
+    config = TINY_MODEL.replace(linear_shortcut=True, use_encoder=use_encoder)
+    k = random_splits.num_classes
+    model = build_classifier(config, random_splits.window_size, random_splits.num_features, k)
+    assert training.warm_start_shortcut(model, random_splits.train, k, None)
+    ours = training.predict_proba(model, random_splits.test.X)
+    reference = LogisticRegression(C=1.0, max_iter=500).fit(
+        training.last_real_steps(random_splits.train.X), random_splits.train.y)
+    # the encoder's head starts at zero, so the whole model is the regression before training
+    np.testing.assert_allclose(ours, reference.predict_proba(training.last_real_steps(random_splits.test.X)),
+                               atol=1e-4)
+    plain = build_classifier(TINY_MODEL, random_splits.window_size, random_splits.num_features, k)
+    assert not training.warm_start_shortcut(plain, random_splits.train, k, None)
+
+
+def test_warm_start_binary_and_absent_class(random_splits):
+    import dataclasses
+
+    from regimetry.models import build_classifier
+
+    y = (random_splits.train.y > 0).astype(random_splits.train.y.dtype)  # classes 0/1 present, 2 absent
+    train = dataclasses.replace(random_splits.train, y=y)
+    config = TINY_MODEL.replace(linear_shortcut=True, use_encoder=False)
+    model = build_classifier(config, random_splits.window_size, random_splits.num_features, 3)
+    training.warm_start_shortcut(model, train, 3, None)
+    probs = training.predict_proba(model, random_splits.train.X)
+    assert probs[:, 2].max() < 1e-3  # the absent class is (almost) never predicted
+    accuracy = np.mean(probs.argmax(1) == y)
+    assert accuracy >= np.mean(y == np.bincount(y).argmax())  # at least the majority class
