@@ -8,9 +8,11 @@ Entry points:
 * :func:`load_bars` ``(config) -> DataFrame``: the raw bars (``DatetimeIndex``, ``log_return``).
 
 Modules: ``sources`` (S&P 500 / NASDAQ from ``arch``, CSV, simulator), ``features``, ``labels``,
-``windows``, ``splits``, ``synthetic``, ``preprocessing``, ``types``.
+``windows``, ``splits``, ``synthetic``, ``controls`` (control tasks with a known ablation winner,
+``DataConfig.source = "control:<task>"``), ``preprocessing``, ``types``.
 """
 
+from regimetry.data.controls import CONTROLS, control_ceiling, control_data_overrides
 from regimetry.data.features import compute_features
 from regimetry.data.sources import RegimetryDataWarning, SourceData, load_bars, load_source
 from regimetry.data.splits import fold_positions, prepare, prepare_folds, split_positions
@@ -34,6 +36,9 @@ __all__ = [
     "SyntheticPath",
     "simulate_markov_switching",
     "hamilton_filter",
+    "CONTROLS",
+    "control_data_overrides",
+    "control_ceiling",
     "RegimetryDataWarning",
     "SourceData",
     "SplitData",

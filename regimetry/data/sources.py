@@ -46,6 +46,7 @@ import pandas as pd
 
 from regimetry.config import DataConfig
 from regimetry.data import features as _features
+from regimetry.data.controls import generate_control
 from regimetry.data.synthetic import MarkovSwitchingParams, hamilton_filter, simulate_markov_switching
 
 __all__ = [
@@ -453,6 +454,14 @@ def load_source(config: DataConfig) -> SourceData:
       indicators (``ind_momentum_10``, ``ind_abs_return``) are inputs only when named in
       ``include_columns``. Extras: ``params``, ``true_regimes`` (Series) and ``filter_posterior``
       (DataFrame ``(T, K)``, the Hamilton filter with the true parameters: an oracle, not fitted).
+    * ``control:<task>``: :func:`regimetry.data.controls.generate_control` with
+      ``config.synthetic_bars``, ``window_size`` and ``synthetic_seed``: bars ``segment``/``step``
+      only, the task's channels as numeric inputs (``include_columns``/``exclude_columns`` select
+      among them), ``regimes`` = the segment labels. Extras: ``params``
+      (:class:`~regimetry.data.controls.ControlParams`, ``.names`` = class names), ``control``
+      (the :class:`~regimetry.data.controls.Control`), ``true_regimes`` and ``filter_posterior``
+      (the Bayes posterior at segment ends, NaN elsewhere). A partial segment at the front (after
+      ``start``) is dropped.
 
     Raises:
         FileNotFoundError / ValueError: as :func:`read_csv_raw` / :func:`source_from_frame`, or a
@@ -488,9 +497,55 @@ def load_source(config: DataConfig) -> SourceData:
                 "filter_posterior": pd.DataFrame(posterior, index=bars.index, columns=list(params.names)),
             },
         )
+    elif config.control_task is not None:
+        source = _control_source(config)
     else:  # pragma: no cover - DataConfig validates source
         raise ValueError(f"DataConfig.source: unknown source {config.source!r}")
-    return _restrict(source, config)
+    source = _restrict(source, config)
+    if config.control_task is not None:
+        source = _whole_segments(source)
+    return source
+
+
+def _control_source(config: DataConfig) -> SourceData:
+    """A control task (``regimetry.data.controls``) as a source: its channels are the inputs."""
+    path = generate_control(config.control_task, config.synthetic_bars, config.window_size, config.synthetic_seed)
+    channels = list(path.inputs.columns)
+    unknown = [c for c in list(config.include_columns or ()) + list(config.exclude_columns) if c not in channels]
+    if unknown:
+        raise ValueError(f"DataConfig.include_columns/exclude_columns: {config.source} has no column(s) {unknown}; "
+                         f"its channels are {channels}")
+    chosen = [c for c in (config.include_columns or channels) if c not in config.exclude_columns]
+    index = path.bars.index
+    return SourceData(
+        name=config.dataset_name,
+        bars=path.bars,
+        inputs=path.inputs[chosen],
+        kinds={c: "numeric" for c in chosen},
+        regimes=path.labels,
+        extras={
+            "params": path.params,
+            "control": path.control,
+            "true_regimes": pd.Series(path.labels, index=index, name="true_regime"),
+            "filter_posterior": pd.DataFrame(path.posterior, index=index, columns=list(path.params.names)),
+        },
+    )
+
+
+def _whole_segments(source: SourceData) -> SourceData:
+    """Drop a partial control segment that ``start`` left at the front, so windows stay segments."""
+    steps = source.bars["step"].to_numpy()
+    first = int(np.argmax(steps == 0)) if (steps == 0).any() else len(steps)
+    if first == 0:
+        return source
+    if first == len(steps):
+        raise ValueError(f"DataConfig.start/end: the period holds no whole segment of {source.name}")
+    keep = np.arange(first, len(steps))
+    extras = dict(source.extras)
+    for key in ("true_regimes", "filter_posterior"):
+        extras[key] = extras[key].iloc[keep]
+    return dataclasses.replace(source, bars=source.bars.iloc[keep], inputs=source.inputs.iloc[keep],
+                               regimes=source.regimes[keep], extras=extras)
 
 
 def load_bars(config: DataConfig) -> pd.DataFrame:
