@@ -473,6 +473,14 @@ class ModelConfig(_ConfigBase):
             ``False`` (with ``linear_shortcut=True``) gives the shortcut alone: a multinomial
             logistic regression on the last step's inputs, trained by the same code (the
             reference arm of ``experiments/07_encoder_value.py``). Default ``True``.
+        shortcut_features: names of the input features the shortcut reads (e.g. the HAR-RV lags
+            ``("log_rv_1", "log_rv_5", "log_rv_22")``, so that the shortcut is the HAR-RV logistic
+            model of ``regimetry.baselines``); ``()`` = every feature. The model builder then needs
+            the feature names (``regimetry.training.fit`` passes them). Default ``()``.
+        center_windows: subtract each window's own per-feature mean before the input projection
+            (``regimetry.layers.WindowCentering``, the normalisation half of RevIN, Kim et al. 2022),
+            so the encoder sees shapes, never levels; levels then reach the class logits only through
+            the linear shortcut, which extrapolates to unseen levels as HAR-RV does. Default ``False``.
 
     Raises:
         ValueError: a value out of range, naming the field. ``pooling="cls"`` with
@@ -498,14 +506,21 @@ class ModelConfig(_ConfigBase):
     activation: str = "gelu"
     linear_shortcut: bool = False
     use_encoder: bool = True
+    shortcut_features: tuple[str, ...] = ()
+    center_windows: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for field in ("norm_first", "linear_shortcut", "use_encoder"):
+        for field in ("norm_first", "linear_shortcut", "use_encoder", "center_windows"):
             if not isinstance(getattr(self, field), bool):
                 raise _err(name, field, f"expected true/false, got {getattr(self, field)!r}")
         if not self.use_encoder and not self.linear_shortcut:
             raise _err(name, "use_encoder", "False needs linear_shortcut=True (a model needs an encoder or a shortcut)")
+        if not isinstance(self.shortcut_features, tuple) or not all(
+                isinstance(f, str) and f for f in self.shortcut_features):
+            raise _err(name, "shortcut_features", f"expected a tuple of feature names, got {self.shortcut_features!r}")
+        if len(set(self.shortcut_features)) != len(self.shortcut_features):
+            raise _err(name, "shortcut_features", f"names repeat: {self.shortcut_features}")
         for field in ("d_model", "num_heads", "ff_dim", "num_layers"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -4,6 +4,7 @@ Architecture (layer names in brackets; every name is stable, later code finds la
 
     windows (batch, window_size, num_features) float32, NaN-padded steps allowed
       -> [input_mask]            NanPaddingMask: padding mask (batch, T) from all-NaN steps, NaN -> 0
+      -> [window_centering]      WindowCentering, only for center_windows=True (window mean removed)
       -> [projection]            Dense(d_model)
       -> [positional_encoding]   SinusoidalPositionalEncoding | LearnablePositionalEmbedding | (none)
       -> [cls_token]             ClsToken, only for pooling="cls" (first; LAST under a causal mask)
@@ -17,7 +18,9 @@ Architecture (layer names in brackets; every name is stable, later code finds la
 With ``linear_shortcut=True`` the head ends in logits instead, and a linear map of the window's last
 real step is added before the softmax (a HAR-like linear model the encoder refines)::
 
-      [input_mask] -> [shortcut_last_step] SequencePooling("last") -> [linear_shortcut] Dense(num_classes)
+      [input_mask] -> [shortcut_last_step] SequencePooling("last")
+        -> [shortcut_features] FeatureSelect, only when ModelConfig.shortcut_features names columns
+        -> [linear_shortcut] Dense(num_classes)
       pooled encoding -> head -> [regime_logits] Dense(num_classes)
       [shortcut_add] Add -> [regime_probabilities] Softmax, float32 (batch, num_classes)
 
@@ -44,11 +47,13 @@ from regimetry.config import ModelConfig
 from regimetry.layers import (
     AttentionMask,
     ClsToken,
+    FeatureSelect,
     LearnablePositionalEmbedding,
     NanPaddingMask,
     SequencePooling,
     SinusoidalPositionalEncoding,
     TransformerEncoderBlock,
+    WindowCentering,
 )
 
 __all__ = ["attention_scores", "build_classifier", "check_windows", "embed", "pad_windows"]
@@ -63,6 +68,9 @@ def _encode(get: Callable[[str], keras.layers.Layer | None], windows, return_sco
     """Run windows through the encoder part of the graph, layer by layer (shared by build and
     extraction so that the two can never disagree). Returns ``(pooled, scores_per_block)``."""
     x, padding_mask = get("input_mask")(windows)
+    centering = get("window_centering")
+    if centering is not None:
+        x = centering(x, padding_mask=padding_mask)
     x = get("projection")(x)
     encoding = get("positional_encoding")
     if encoding is not None:
@@ -89,7 +97,8 @@ def _encode(get: Callable[[str], keras.layers.Layer | None], windows, return_sco
     return pooled, scores
 
 
-def build_classifier(config: ModelConfig, window_size: int, num_features: int, num_classes: int) -> keras.Model:
+def build_classifier(config: ModelConfig, window_size: int, num_features: int, num_classes: int,
+                     feature_names=None) -> keras.Model:
     """Build (do not compile) the Transformer regime classifier described by ``config``.
 
     Args:
@@ -97,6 +106,8 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
         window_size: bars per window ``T`` (>= 1); the learnable position table has ``T`` rows.
         num_features: input features per bar (>= 1).
         num_classes: regimes (>= 2).
+        feature_names: the ``num_features`` input names, in order; needed only when
+            ``config.shortcut_features`` names the shortcut's inputs.
 
     Returns:
         An uncompiled functional ``keras.Model`` named ``regime_classifier``: input float32
@@ -107,20 +118,23 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
 
     Raises:
         TypeError: ``config`` is not a ``ModelConfig``.
-        ValueError: ``window_size``, ``num_features`` or ``num_classes`` out of range.
+        ValueError: ``window_size``, ``num_features`` or ``num_classes`` out of range; a
+            ``shortcut_features`` name missing from ``feature_names`` (or no ``feature_names``).
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"build_classifier: config must be a regimetry.config.ModelConfig, got {type(config).__name__}")
     window_size = _check_positive_int("build_classifier", "window_size", window_size)
     num_features = _check_positive_int("build_classifier", "num_features", num_features)
     num_classes = _check_positive_int("build_classifier", "num_classes", num_classes, minimum=2)
+    indices = _shortcut_indices(config, num_features, feature_names)
     if not config.use_encoder:
-        return _shortcut_only(window_size, num_features, num_classes)
+        return _shortcut_only(window_size, num_features, num_classes, indices)
     causal = config.attention_mask == "causal"
 
     layers: dict[str, keras.layers.Layer] = {
         "input_mask": NanPaddingMask(name="input_mask"),
         "projection": keras.layers.Dense(config.d_model, name="projection"),
+        **({"window_centering": WindowCentering(name="window_centering")} if config.center_windows else {}),
         "attention_mask": AttentionMask(use_causal_mask=causal, name="attention_mask"),
         "pooling": SequencePooling(
             config.pooling, cls_position="last" if causal else "first", name="pooling"
@@ -161,22 +175,42 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
     # logistic regression), and the encoder learns a residual over it.
     logits = keras.layers.Dense(num_classes, dtype="float32", kernel_initializer="zeros",
                                 name="regime_logits")(x)
-    shortcut = _shortcut_logits(layers["input_mask"], windows, num_classes)
+    shortcut = _shortcut_logits(layers["input_mask"], windows, num_classes, indices)
     logits = keras.layers.Add(dtype="float32", name="shortcut_add")([logits, shortcut])
     probabilities = keras.layers.Softmax(dtype="float32", name="regime_probabilities")(logits)
     return keras.Model(windows, probabilities, name="regime_classifier")
 
 
-def _shortcut_logits(input_mask: keras.layers.Layer, windows, num_classes: int):
-    """Class logits of a linear map of each window's last real step (padding skipped)."""
+def _shortcut_indices(config: ModelConfig, num_features: int, feature_names) -> tuple[int, ...] | None:
+    """Column indices of ``config.shortcut_features`` (``None``: the shortcut reads every feature)."""
+    if not config.linear_shortcut or not config.shortcut_features:
+        return None
+    if feature_names is None:
+        raise ValueError(f"build_classifier: ModelConfig.shortcut_features={config.shortcut_features} needs "
+                         "feature_names (the input columns' names, in order)")
+    names = list(feature_names)
+    if len(names) != num_features:
+        raise ValueError(f"build_classifier: feature_names has {len(names)} names for num_features={num_features}")
+    missing = [f for f in config.shortcut_features if f not in names]
+    if missing:
+        raise ValueError(f"ModelConfig.shortcut_features: {missing} not among the input features {names}; add them "
+                         "to DataConfig.features")
+    return tuple(names.index(f) for f in config.shortcut_features)
+
+
+def _shortcut_logits(input_mask: keras.layers.Layer, windows, num_classes: int, indices=None):
+    """Class logits of a linear map of each window's last real step (padding skipped), reading the
+    feature columns ``indices`` only when given (layer ``shortcut_features``)."""
     x, padding_mask = input_mask(windows)
     last = SequencePooling("last", name="shortcut_last_step")(x, padding_mask=padding_mask)
+    if indices is not None:
+        last = FeatureSelect(indices, name="shortcut_features")(last)
     return keras.layers.Dense(num_classes, dtype="float32", name="linear_shortcut")(last)
 
 
-def _shortcut_only(window_size: int, num_features: int, num_classes: int) -> keras.Model:
+def _shortcut_only(window_size: int, num_features: int, num_classes: int, indices=None) -> keras.Model:
     windows = keras.Input(shape=(window_size, num_features), dtype="float32", name="windows")
-    logits = _shortcut_logits(NanPaddingMask(name="input_mask"), windows, num_classes)
+    logits = _shortcut_logits(NanPaddingMask(name="input_mask"), windows, num_classes, indices)
     probabilities = keras.layers.Softmax(dtype="float32", name="regime_probabilities")(logits)
     return keras.Model(windows, probabilities, name="regime_classifier")
 

@@ -419,8 +419,8 @@ def last_real_steps(X: np.ndarray) -> np.ndarray:
 def warm_start_shortcut(model: Any, train: SplitData, num_classes: int, sample_weight: np.ndarray | None,
                         C: float = 1.0) -> bool:
     """Set a model's ``linear_shortcut`` layer to a multinomial logistic regression on the training
-    windows' last real step (scikit-learn ``LogisticRegression``, L2 penalty ``C``, lbfgs, the given
-    per-window weights). Classes absent from training get a very negative bias.
+    windows' last real step (the ``shortcut_features`` columns when the model selects some;
+    scikit-learn ``LogisticRegression``, L2 penalty ``C``, lbfgs, the given per-window weights). Classes absent from training get a very negative bias.
 
     Returns:
         ``True`` when the model has a shortcut (and it was set), ``False`` otherwise.
@@ -433,6 +433,10 @@ def warm_start_shortcut(model: Any, train: SplitData, num_classes: int, sample_w
     from threadpoolctl import threadpool_limits
 
     X = last_real_steps(train.X).astype(np.float64)
+    try:
+        X = X[:, list(model.get_layer("shortcut_features").indices)]
+    except ValueError:
+        pass  # the shortcut reads every feature
     y = np.asarray(train.y)
     present = np.unique(y)
     kernel = np.zeros((X.shape[1], num_classes), dtype=np.float32)
@@ -533,6 +537,7 @@ def fit(
             window_size=splits.window_size,
             num_features=splits.num_features,
             num_classes=splits.num_classes,
+            feature_names=splits.feature_names,
         )
     compile_model(model, train_config)
     k = splits.num_classes

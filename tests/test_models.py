@@ -316,3 +316,42 @@ def test_shortcut_config_errors():
         ModelConfig(use_encoder=False)
     with pytest.raises(ValueError, match="ModelConfig.linear_shortcut"):
         ModelConfig(linear_shortcut="yes")
+    with pytest.raises(ValueError, match="ModelConfig.shortcut_features"):
+        ModelConfig(linear_shortcut=True, shortcut_features=("a", "a"))
+    config = ModelConfig(linear_shortcut=True, shortcut_features=("f1", "nope"))
+    with pytest.raises(ValueError, match="needs feature_names"):
+        build_classifier(config, T, F, CLASSES)
+    with pytest.raises(ValueError, match=r"\['nope'\] not among the input features"):
+        build_classifier(config, T, F, CLASSES, feature_names=[f"f{i}" for i in range(F)])
+
+
+def test_window_centering_removes_the_level_and_ignores_padding():
+    from regimetry.layers import WindowCentering
+
+    x = _windows(3).astype("float32")
+    centred = np.asarray(WindowCentering()(x))
+    np.testing.assert_allclose(centred.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(WindowCentering()(x + 7.0)), centred, atol=1e-4)  # level-free
+    mask = np.ones(x.shape[:2], dtype=bool)
+    mask[:, -2:] = False
+    out = np.asarray(WindowCentering()(x, padding_mask=mask))
+    np.testing.assert_allclose(out[:, -2:], 0.0)
+    np.testing.assert_allclose(out[:, :-2], x[:, :-2] - x[:, :-2].mean(axis=1, keepdims=True), atol=1e-5)
+
+
+def test_centered_encoder_with_har_shortcut_round_trips_and_reads_only_the_named_features(tmp_path):
+    names = [f"f{i}" for i in range(F)]
+    config = ModelConfig(d_model=8, num_heads=2, ff_dim=12, num_layers=1, linear_shortcut=True,
+                         center_windows=True, shortcut_features=("f5", "f1"))
+    model = build_classifier(config, T, F, CLASSES, feature_names=names)
+    assert model.get_layer("shortcut_features").indices == (5, 1)
+    assert model.get_layer("linear_shortcut").kernel.shape == (2, CLASSES)
+    x = _windows(4)
+    # the encoder sees no level: shifting every step of a feature the shortcut ignores changes nothing
+    shifted = x.copy()
+    shifted[:, :, 3] += 5.0
+    np.testing.assert_allclose(np.asarray(model(shifted)), np.asarray(model(x)), atol=1e-5)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    assert embed(loaded, x).shape == (BATCH, 8)

@@ -200,3 +200,21 @@ def test_warm_start_binary_and_absent_class(random_splits):
     assert probs[:, 2].max() < 1e-3  # the absent class is (almost) never predicted
     accuracy = np.mean(probs.argmax(1) == y)
     assert accuracy >= np.mean(y == np.bincount(y).argmax())  # at least the majority class
+
+
+def test_warm_start_reads_only_the_shortcut_features(random_splits):
+    from sklearn.linear_model import LogisticRegression
+
+    from regimetry.models import build_classifier
+
+    names = random_splits.feature_names
+    config = TINY_MODEL.replace(linear_shortcut=True, use_encoder=False, shortcut_features=(names[4], names[0]))
+    k = random_splits.num_classes
+    model = build_classifier(config, random_splits.window_size, random_splits.num_features, k, feature_names=names)
+    training.warm_start_shortcut(model, random_splits.train, k, None)
+    cols = [4, 0]
+    reference = LogisticRegression(C=1.0, max_iter=500).fit(
+        training.last_real_steps(random_splits.train.X)[:, cols], random_splits.train.y)
+    np.testing.assert_allclose(training.predict_proba(model, random_splits.test.X),
+                               reference.predict_proba(training.last_real_steps(random_splits.test.X)[:, cols]),
+                               atol=1e-4)

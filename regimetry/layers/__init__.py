@@ -9,6 +9,7 @@ Mask convention: ``padding_mask`` is boolean ``(batch, T)`` with True = a real s
 """
 
 from regimetry.layers.encoder import TransformerEncoderBlock
+from regimetry.layers.inputs import FeatureSelect, WindowCentering
 from regimetry.layers.masks import AttentionMask, NanPaddingMask, causal_mask, merge_masks
 from regimetry.layers.pooling import ClsToken, SequencePooling
 from regimetry.layers.positional import (
@@ -20,11 +21,13 @@ from regimetry.layers.positional import (
 __all__ = [
     "AttentionMask",
     "ClsToken",
+    "FeatureSelect",
     "LearnablePositionalEmbedding",
     "NanPaddingMask",
     "SequencePooling",
     "SinusoidalPositionalEncoding",
     "TransformerEncoderBlock",
+    "WindowCentering",
     "causal_mask",
     "merge_masks",
     "sinusoidal_table",
