@@ -12,12 +12,17 @@ Vaswani et al. 2017), a learnable position table, or no positional information a
   head (linear, or an MLP whose width 16/32/64 is conditional on it).
 - Fixed: 2 encoder blocks, mean pooling, unmasked attention, post-norm, GELU; data = S&P 500 daily bars
   (arch package), 30-bar windows, stride 1, label = 21-day forward realized-volatility tertile fitted on
-  each fold's training period; AdamW, early stopping on validation balanced accuracy, balanced class weights.
-- Budget (equal per arm): 8 quasi-random (Sobol) trials per arm on the first walk-forward fold, at most
+  each fold's training period; AdamW, balanced class weights.
+  Model (``regimetry.studies.RESIDUAL_MODEL``, issue 11): a linear shortcut on the last step's HAR lags
+  (log_rv_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
+  inputs (it learns a residual and never sees a level); early stopping and trial choice on validation
+  log loss.
+- Budget (equal per arm): 8 quasi-random (Sobol) trials per arm, the same 8 configurations in every arm,
+  on the tuning period (bars before 2008: train 1999-2006, validation 2006-07..2007-09), at most
   15 epochs (patience 4), median pruning after 3 trials / 3 epochs; then each arm's best configuration is
   retrained on 5 walk-forward folds x 3 seeds and evaluated once on every fold's test block (together
-  2004-2018). Metrics pooled over the test blocks with 95 % block-bootstrap intervals and paired
-  differences between arms and against HAR-RV.
+  2008-01..2018-11). Metrics pooled over the test blocks with 95 % block-bootstrap intervals and paired
+  differences between arms and against HAR-RV and persistence, with minimum detectable effects.
 
 Reproduce: ``python experiments/03_encoding_ablation.py`` (two worker processes by default; ``--jobs 1``
 for one, ``--trials 20 --seeds 5`` for a larger budget, ``--dataset nasdaq`` for the robustness check,
@@ -26,7 +31,7 @@ for one, ``--trials 20 --seeds 5`` for a larger budget, ``--dataset nasdaq`` for
 
 import sys
 
-from regimetry.studies import Ablation, Arm, main
+from regimetry.studies import RESIDUAL_MODEL, Ablation, Arm, main
 
 ABLATION = Ablation(
     name="03_encoding_ablation",
@@ -38,7 +43,7 @@ ABLATION = Ablation(
         Arm("learnable", {"model.positional_encoding": "learnable"}),
         Arm("none", {"model.positional_encoding": "none"}),
     ),
-    fixed={"model.num_layers": 2, "model.pooling": "mean", "model.attention_mask": "none"},
+    fixed={**RESIDUAL_MODEL, "model.num_layers": 2, "model.pooling": "mean", "model.attention_mask": "none"},
 )
 
 if __name__ == "__main__":

@@ -7,22 +7,27 @@ classification on daily market windows, once each depth is tuned with the same b
 - Nuisance hyperparameters: ``regimetry.studies.DEFAULT_NUISANCE``, tuned separately in every arm.
 - Fixed: sinusoidal interleaved encoding, mean pooling, unmasked attention, pre-norm blocks (stable at
   depth 6); data and labels as in 03.
-- Budget (equal per arm): 8 Sobol trials per arm on the first walk-forward fold, at most 15 epochs; best
-  configuration of every arm confirmed on 5 folds x 3 seeds; pooled block-bootstrap intervals.
+  Model (``regimetry.studies.RESIDUAL_MODEL``, issue 11): a linear shortcut on the last step's HAR lags
+  (log_rv_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
+  inputs (it learns a residual and never sees a level); early stopping and trial choice on validation
+  log loss.
+- Budget (equal per arm): 8 Sobol trials per arm on the tuning period (bars before 2008; the
+  first walk-forward fold's train/validation blocks), at most 15 epochs; best
+  configuration of every arm confirmed on 5 folds (test blocks 2008-01..2018-11) x 3 seeds; pooled block-bootstrap intervals.
 
 Reproduce: ``python experiments/05_depth_ablation.py`` (``--smoke`` for a quick run).
 """
 
 import sys
 
-from regimetry.studies import Ablation, Arm, main
+from regimetry.studies import RESIDUAL_MODEL, Ablation, Arm, main
 
 ABLATION = Ablation(
     name="05_depth_ablation",
     question="Does encoder depth matter for regime classification?",
     scientific="model.num_layers",
     arms=tuple(Arm(f"depth_{n}", {"model.num_layers": n}) for n in (1, 2, 4, 6)),
-    fixed={"model.pooling": "mean", "model.positional_encoding": "sinusoidal", "model.attention_mask": "none",
+    fixed={**RESIDUAL_MODEL, "model.pooling": "mean", "model.positional_encoding": "sinusoidal", "model.attention_mask": "none",
            "model.norm_first": True},
 )
 

@@ -262,14 +262,19 @@ CONTROL_SOURCES = tuple(f"control:{task}" for task in CONTROL_TASKS)
 #: with them a window model could beat the returns-only Hamilton filter that defines the ceiling.
 SYNTHETIC_FEATURES = ("log_return", "abs_return")
 MAX_REGIMES = 20  # regime classes; more is not a regime model (and every per-class figure breaks)
+#: Default inputs (issue 11): returns, range, close location, volume, and realized volatility on the
+#: LOG scale at the HAR-RV lags 1/5/22 plus 63 bars. The log levels replaced rv_5/rv_21/rv_63: on the
+#: scale HAR-RV uses, a linear model extrapolates to calmer periods than training saw (chosen on the
+#: tuning period only, by an inner walk-forward 2003-2007; benchmarks/README.md).
 DEFAULT_FEATURES = (
     "log_return",
     "abs_return",
     "range",
     "close_location",
-    "rv_5",
-    "rv_21",
-    "rv_63",
+    "log_rv_1",
+    "log_rv_5",
+    "log_rv_22",
+    "log_rv_63",
     "volume_z",
 )
 

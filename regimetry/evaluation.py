@@ -23,6 +23,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import numpy as np
@@ -93,6 +94,8 @@ class Interval:
         lower, upper: interval bounds at ``level``.
         level: coverage, e.g. 0.95.
         n: windows (bootstrap) or seeds (t-interval) behind it.
+        se: standard error of the estimate (the bootstrap replicates' standard deviation); NaN
+            when unknown.
     """
 
     estimate: float
@@ -100,6 +103,11 @@ class Interval:
     upper: float
     level: float = 0.95
     n: int = 0
+    se: float = float("nan")
+
+    def mde(self, power: float = 0.8) -> float:
+        """Minimum detectable effect of this comparison (see :func:`minimum_detectable_effect`)."""
+        return minimum_detectable_effect(self.se, level=self.level, power=power)
 
     @property
     def half_width(self) -> float:
@@ -113,6 +121,32 @@ class Interval:
 
     def __str__(self) -> str:
         return f"{self.estimate:.3f} [{self.lower:.3f}, {self.upper:.3f}]"
+
+
+def minimum_detectable_effect(se: float, level: float = 0.95, power: float = 0.8) -> float:
+    """Smallest true difference a two-sided test at ``1 - level`` detects with probability ``power``.
+
+    ``MDE = (z_{1 - (1 - level)/2} + z_{power}) * se`` (normal approximation of the paired
+    difference's sampling distribution; e.g. Bloom 1995, "Minimum detectable effects"): with
+    ``level=0.95`` and ``power=0.8`` it is ``2.80 * se``. A "no detectable difference" verdict then
+    reads "no difference larger than MDE" at the run's budget.
+
+    Args:
+        se: standard error of the difference (e.g. the paired bootstrap replicates' standard deviation).
+        level: confidence level of the interval (two-sided test at ``1 - level``).
+        power: the wanted probability of detecting a difference of the returned size.
+
+    Returns:
+        The MDE in the metric's units (NaN when ``se`` is NaN).
+
+    Raises:
+        ValueError: ``level`` or ``power`` outside (0, 1), or a negative ``se``.
+    """
+    if not (0.0 < level < 1.0 and 0.0 < power < 1.0):
+        raise ValueError(f"minimum_detectable_effect: level and power must lie in (0, 1), got {level}, {power}")
+    if se < 0:
+        raise ValueError(f"minimum_detectable_effect: se must be >= 0, got {se}")
+    return float((stats.norm.ppf(1.0 - (1.0 - level) / 2.0) + stats.norm.ppf(power)) * se)
 
 
 def mean_ci(values, level: float = 0.95) -> tuple[float, float, Interval]:
@@ -290,7 +324,8 @@ def paired_block_bootstrap(
     estimate = float(diff(y_true, a, b))
     reps = _replicates(block, n_boot, seed, y_true, [a, b], resample_seeds, diff)
     lo, hi = np.quantile(reps, [0.5 - level / 2.0, 0.5 + level / 2.0])
-    return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]))
+    se = float(np.std(reps, ddof=1)) if len(reps) > 1 else float("nan")
+    return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]), se=se)
 
 
 def verdict(name_a: str, name_b: str, metric: str, difference: Interval) -> str:
@@ -302,7 +337,9 @@ def verdict(name_a: str, name_b: str, metric: str, difference: Interval) -> str:
     """
     text = f"{difference.estimate:+.3f} [{difference.lower:+.3f}, {difference.upper:+.3f}]"
     if not difference.excludes_zero():
-        return f"no detectable difference between {name_a} and {name_b} on {metric}: {text}"
+        mde = difference.mde()
+        bound = f" (none larger than {mde:.3f} at 80 % power)" if math.isfinite(mde) else ""
+        return f"no detectable difference between {name_a} and {name_b} on {metric}: {text}{bound}"
     a_better = (difference.estimate > 0) == HIGHER_IS_BETTER.get(metric, True)
     winner, loser = (name_a, name_b) if a_better else (name_b, name_a)
     return f"{winner} better than {loser} on {metric}: {name_a} - {name_b} = {text}"

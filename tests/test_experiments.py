@@ -78,11 +78,21 @@ def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
     # progress and the final table are printed
     assert re.search(r"trial \d+ (COMPLETE|PRUNED|FAIL)\s*\| \d+/2 done \| best val", smoke_03["stdout"])
     assert "| arm | best val |" in smoke_03["stdout"]
-    # verdict lines: every pair of arms, and every arm against HAR-RV
+    # verdict lines: every pair of arms, and every arm against HAR-RV and persistence
     verdicts = parent["tags.verdicts"].split(" | ")
-    assert len(verdicts) == len(arms) * (len(arms) - 1) // 2 + len(arms)
+    assert len(verdicts) == len(arms) * (len(arms) - 1) // 2 + 2 * len(arms)
     assert all(re.search(r"better than|no detectable difference", v) for v in verdicts)
     assert sum("har_rv" in v for v in verdicts) == len(arms)
+    assert sum("persistence" in v for v in verdicts) == len(arms)
+    # "no detectable difference" always states the minimum detectable effect
+    assert all("none larger than" in v for v in verdicts if "no detectable" in v)
+    # the references' own pooled scores, and the MDE of every comparison
+    assert "summary/references.csv" in _artifacts(parent["run_id"], smoke_03["uri"], "summary")
+    assert "(reference, same folds)" in smoke_03["stdout"]
+    for name in ("har_rv", "persistence"):
+        assert 0.0 <= parent[f"metrics.reference/{name}/test/balanced_accuracy_pooled"] <= 1.0
+    arm_runs = runs[runs["tags.stage"] == "arm"]
+    assert arm_runs["metrics.confirm/mde_vs_har_rv/balanced_accuracy"].notna().all()
     # the papermill report: in reports/ of the working directory and on the parent run
     report_dir = smoke_03["root"] / "reports" / "03_encoding_ablation"
     assert (report_dir / "ablation_report.ipynb").is_file() and (report_dir / "ablation_report.html").is_file()
@@ -93,7 +103,8 @@ def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
         assert arm in html
 
 
-@pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation"])
+@pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation",
+                                    "07_encoder_value"])
 def test_smoke_of_each_experiment_script(script, tmp_path):
     ablation = _load(script)
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
@@ -105,3 +116,63 @@ def test_smoke_of_each_experiment_script(script, tmp_path):
     parent, _ = _check_protocol(script, uri, storage, [a.name for a in ablation.arms], trials=1, blocks=1, seeds=1)
     # synthetic data: each path's Bayes-optimal ceiling is reported beside the models
     assert "summary/ceilings.csv" in _artifacts(parent["run_id"], uri, "summary")
+
+
+def test_control_ablation_adds_the_aa_copy_and_fixes_what_the_argument_needs():
+    ablation, copy_arm = studies.control_ablation(_load("04_mask_ablation"), "event_order")
+    assert ablation.name == "00_control_event_order" and copy_arm == "lookahead_copy"
+    copy = ablation.arm(copy_arm)
+    assert copy.overrides == ablation.arm("lookahead").overrides and copy.seed_offset == studies.AA_SEED_OFFSET
+    assert ablation.fixed["model.positional_encoding"] == "none"  # the control overrides 04's sinusoidal
+    assert ablation.fixed["model.linear_shortcut"] is False
+    assert ablation.data_overrides()["stride"] == ablation.data_overrides()["window_size"] == 16
+    assert ablation.budget == studies.CONTROL_BUDGET
+    with pytest.raises(ValueError, match="checks 05_depth_ablation, not 04_mask_ablation"):
+        studies.control_ablation(_load("04_mask_ablation"), "induction")
+
+
+def _fake_summary(pooled, diffs):
+    import pandas as pd
+
+    arms = pd.DataFrame([{"arm": a, "balanced_accuracy_pooled": e, "balanced_accuracy_boot_ci_low": lo,
+                          "balanced_accuracy_boot_ci_high": hi} for a, (e, lo, hi) in pooled.items()])
+    differences = pd.DataFrame([{"a": a, "b": b, "metric": "balanced_accuracy", "difference": e, "ci_low": lo,
+                                 "ci_high": hi, "mde": m} for (a, b), (e, lo, hi, m) in diffs.items()])
+    return {"arms": arms, "differences": differences}
+
+
+def test_control_checks_pass_on_the_predicted_outcome_and_fail_otherwise():
+    good = _fake_summary(
+        {"last": (.95, .93, .97), "mean": (.50, .47, .53), "last_copy": (.94, .92, .96)},
+        {("mean", "last"): (-.45, -.48, -.42, .03), ("last", "last_copy"): (.01, -.01, .03, .02)})
+    checks = studies.control_checks(good, "recency", "last_copy").set_index(["check", "arm", "b"])
+    assert checks["passed"].all()
+    # the (mean, last) row is turned into last - mean
+    assert checks.loc[("winner_beats", "last", "mean"), "estimate"] == pytest.approx(.45)
+    assert checks.loc[("winner_beats", "last", "mean"), "ci_low"] == pytest.approx(.42)
+    assert checks.loc[("aa_null", "last", "last_copy"), "mde"] == pytest.approx(.02)
+    bad = _fake_summary(
+        {"last": (.52, .49, .55), "mean": (.60, .57, .63), "last_copy": (.60, .58, .62)},
+        {("mean", "last"): (.08, .05, .11, .03), ("last", "last_copy"): (-.08, -.10, -.06, .02)})
+    checks = studies.control_checks(bad, "recency", "last_copy").set_index("check")
+    assert not checks["passed"].any()
+
+
+def test_smoke_of_the_positive_controls_script(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("controls00", ROOT / "experiments" / "00_positive_controls.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    code = module.main(["--smoke", "--controls", "event_order", "--no-report", "--jobs", "1", "--trials", "1",
+                        "--max-epochs", "1", "--paths", "1", "--tracking-uri", uri, "--storage", storage])
+    assert code == 0
+    ablation, copy_arm = studies.control_ablation(_load("04_mask_ablation"), "event_order", smoke=True)
+    parent, _ = _check_protocol(ablation.name, uri, storage, [a.name for a in ablation.arms], trials=1, blocks=1,
+                                seeds=1)
+    assert "summary/ceilings.csv" in _artifacts(parent["run_id"], uri, "summary")
+    assert "controls/checks.csv" in _artifacts(parent["run_id"], uri, "controls")
+    table = (tmp_path / "reports" / "00_positive_controls" / "checks.md").read_text()
+    assert "| event_order | aa_null | lookahead | lookahead_copy |" in table
+    assert "| event_order | winner_beats | lookahead | unmasked |" in table

@@ -83,6 +83,31 @@ def test_ensure_study_enqueues_exact_budget_once(tmp_path):
     assert len(bigger.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 5
 
 
+def test_every_arm_gets_the_same_configurations_whatever_the_claim_order(tmp_path):
+    """Issue 14: configurations are drawn up front and enqueued with their parameters, so trial i of
+    every arm is configuration i, however workers interleave (here: opposite claim orders)."""
+    storage = studies.resolve_storage(f"sqlite:///{tmp_path}/s.db")
+    drawn = studies.draw_configurations(TINY_SPACE, 6, seed=3)
+    assert drawn[:4] == studies.draw_configurations(TINY_SPACE, 4, seed=3)  # a larger budget extends
+    assert drawn != studies.draw_configurations(TINY_SPACE, 6, seed=4)  # the seed matters
+    assert len({tuple(sorted(d.items())) for d in drawn}) == 6  # distinct points
+    by_arm = {}
+    for arm, reverse in (("a", False), ("b", True)):
+        study = studies.ensure_study(storage, f"x/{arm}", Budget(trials_per_arm=6), seed=3, space=TINY_SPACE)
+        claimed = []
+        while (trial := studies._claim_waiting_trial(study)) is not None:
+            claimed.append((trial.number, TINY_SPACE.sample(trial)))
+            study.tell(trial, 0.5)
+        if reverse:
+            claimed.reverse()
+        by_arm[arm] = dict(claimed)
+    assert by_arm["a"] == by_arm["b"] == dict(enumerate(drawn))
+    # a grown budget enqueues the next drawn points, not new random ones
+    grown = studies.ensure_study(storage, "x/a", Budget(trials_per_arm=8), seed=3, space=TINY_SPACE)
+    waiting = sorted(grown.get_trials(states=(optuna.trial.TrialState.WAITING,)), key=lambda t: t.number)
+    assert [t.system_attrs["fixed_params"] for t in waiting] == studies.draw_configurations(TINY_SPACE, 8, seed=3)[6:]
+
+
 def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, monkeypatch):
     ablation = _tiny(arms=(Arm("ok", {"model.pooling": "mean"}),
                            Arm("broken", {"model.pooling": "mean", "model.d_model": -1})))

@@ -431,7 +431,11 @@ class Control:
         return control_data_overrides(self.name)
 
 
-_NO_SHORTCUT = {"model.linear_shortcut": False, "model.use_encoder": True}
+# The controls test the encoder itself: no linear shortcut (it would read the last step around the
+# encoder) and no per-window centring (it would change what each theory argument assumes the encoder
+# sees); the market ablations' residual setup (regimetry.studies.RESIDUAL_MODEL) is switched off.
+_NO_SHORTCUT = {"model.linear_shortcut": False, "model.use_encoder": True, "model.center_windows": False,
+                "model.shortcut_features": ()}
 
 CONTROLS: dict[str, Control] = {
     c.name: c
