@@ -1457,6 +1457,10 @@ def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
     _configure_logging()
     arms = tuple(a.strip() for a in args.arms.split(",")) if args.arms else None
     try:
+        if args.dataset.startswith("control:"):
+            # The control's own fixed settings, data settings, budget and A/A copy arm (declared with the
+            # control in regimetry.data.controls); the same studies as experiments/00_positive_controls.py.
+            ablation, _ = control_ablation(ablation, args.dataset, smoke=args.smoke)
         if arms:
             for name in arms:
                 ablation.arm(name)

@@ -176,3 +176,23 @@ def test_smoke_of_the_positive_controls_script(tmp_path, monkeypatch):
     table = (tmp_path / "reports" / "00_positive_controls" / "checks.md").read_text()
     assert "| event_order | aa_null | lookahead | lookahead_copy |" in table
     assert "| event_order | winner_beats | lookahead | unmasked |" in table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["order", "recency", "event_order", "induction"])
+def test_control_finds_the_predicted_winner_and_no_aa_difference(task, tmp_path, monkeypatch):
+    """Issue 12: at the control budget, every predicted winner is called against every at-chance arm
+    with the interval clear of zero, and the A/A copy is not called (about 10-15 minutes each)."""
+    spec = importlib.util.spec_from_file_location("controls00", ROOT / "experiments" / "00_positive_controls.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    code = module.main(["--controls", task, "--no-report", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                        "--storage", f"sqlite:///{tmp_path}/optuna.db"])
+    assert code == 0
+    import pandas as pd
+
+    checks = pd.read_csv(tmp_path / "reports" / "00_positive_controls" / "checks.csv")
+    assert set(checks["check"]) == {"winner_above_chance", "at_chance", "winner_beats", "aa_null"}
+    failed = checks[~checks["passed"]]
+    assert failed.empty, failed.to_string()
