@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from regimetry.evaluation import (
+    Interval,
     block_bootstrap_ci,
+    minimum_detectable_effect,
     mean_ci,
     paired_block_bootstrap,
     seed_averaged_metric,
@@ -109,3 +111,29 @@ def test_seed_resampling_widens_a_gap_made_by_one_lucky_seed():
     assert with_seeds.estimate == windows_only.estimate == pytest.approx(0.0)
     assert windows_only.upper - windows_only.lower < 0.05  # the seed average hides the seed spread
     assert with_seeds.lower <= -0.4 and with_seeds.upper >= 0.4  # {bad, bad} and {good, good} draws
+
+
+def test_minimum_detectable_effect_is_2_8_standard_errors_at_80_percent_power():
+    assert minimum_detectable_effect(0.01) == pytest.approx((1.959964 + 0.841621) * 0.01, rel=1e-5)
+    assert minimum_detectable_effect(0.01, power=0.9) > minimum_detectable_effect(0.01)
+    assert np.isnan(minimum_detectable_effect(float("nan")))
+    with pytest.raises(ValueError, match="power"):
+        minimum_detectable_effect(0.01, power=1.0)
+    with pytest.raises(ValueError, match="se must be >= 0"):
+        minimum_detectable_effect(-0.1)
+
+
+def test_paired_bootstrap_se_and_mde_in_the_verdict():
+    y = _labels()
+    rng = np.random.default_rng(1)
+    a = np.where(rng.random(y.size) < 0.7, y, (y + 1) % 3)
+    b = np.where(rng.random(y.size) < 0.7, y, (y + 2) % 3)
+    diff = paired_block_bootstrap("balanced_accuracy", y, a, b, 3, block_length=21, n_boot=400, seed=0)
+    assert diff.se > 0
+    # the MDE and the 95 % half-width are both ~2 standard errors apart from the power term
+    assert diff.mde() == pytest.approx(2.8016 * diff.se, rel=1e-3)
+    assert 0.5 * diff.mde() < diff.half_width < diff.mde()
+    line = verdict("a", "b", "balanced_accuracy", Interval(0.01, -0.02, 0.04, se=0.015))
+    assert line.endswith(f"(none larger than {2.8016 * 0.015:.3f} at 80 % power)")
+    called = verdict("a", "b", "balanced_accuracy", Interval(0.05, 0.02, 0.08, se=0.015))
+    assert "none larger" not in called and called.startswith("a better than b")
