@@ -220,3 +220,22 @@ def test_resuming_a_study_on_other_data_is_refused(tmp_path):
     studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0, data_key=key)  # same data: resumes
     with pytest.raises(ValueError, match=r"tuned on other data.*source"):
         studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0, data_key=studies.data_key(DataConfig()))
+
+
+def test_jobs_1_and_jobs_2_give_the_same_trials_parameters_and_metrics(tmp_path):
+    """Issue 14: configurations are fixed by construction, so the number of workers and their claim
+    order change neither trial i's parameters nor (same seed) its score."""
+    results = {}
+    for jobs in (1, 2):
+        root = tmp_path / f"jobs{jobs}"
+        root.mkdir()
+        args = _args(root, "--paths", "1")
+        args[args.index("--jobs") + 1] = str(jobs)
+        assert studies.main(_tiny(), args) == 0
+        results[jobs] = {
+            arm: [(t.number, t.params, round(t.value, 6), t.state.name)
+                  for t in sorted(_study(root, f"tiny_ablation/{arm}").trials, key=lambda t: t.number)]
+            for arm in ("mean", "last")}
+    assert results[1] == results[2]
+    # and every arm got the same configurations
+    assert [p for _, p, _, _ in results[1]["mean"]] == [p for _, p, _, _ in results[1]["last"]]
