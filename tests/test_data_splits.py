@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from regimetry.config import DataConfig
+from regimetry.config import DEFAULT_FEATURES, DataConfig
 from regimetry.data import load_bars, load_source, prepare, prepare_folds
 from regimetry.data.sources import RegimetryDataWarning
 from regimetry.data.splits import purge_and_embargo
@@ -33,7 +33,7 @@ def test_sp500_default():
     assert elapsed < 5.0  # typically ~0.3 s once imported; generous for a shared machine
     assert s.class_names == ["low_vol", "normal_vol", "high_vol"]
     for part in (s.train, s.val, s.test):
-        assert part.X.ndim == 3 and part.X.shape[1:] == (30, 8) and part.X.dtype == np.float32
+        assert part.X.ndim == 3 and part.X.shape[1:] == (30, len(DEFAULT_FEATURES)) and part.X.dtype == np.float32
         assert part.y.dtype == np.int64 and part.positions.dtype == np.int64
         assert np.all(np.isfinite(part.X))
         assert set(np.unique(part.y)) == {0, 1, 2}
@@ -125,7 +125,7 @@ def test_folds_cover_the_period_and_are_embargoed():
         assert f.val.positions[-1] + 21 + 21 < f.test.positions[0] - 29  # purge + embargo before test
         if k:
             assert len(f.train) > len(folds[k - 1].train)
-        assert f.train.X.shape[1:] == (30, 8)
+        assert f.train.X.shape[1:] == (30, len(DEFAULT_FEATURES))
 
 
 def test_fold_fits_ignore_later_data():
