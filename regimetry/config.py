@@ -29,6 +29,8 @@ __all__ = [
     "TrainConfig",
     "load_yaml",
     "parse_overrides",
+    "has_password",
+    "redact_url",
 ]
 
 
@@ -175,6 +177,23 @@ _StringDatesLoader.yaml_implicit_resolvers = {
     key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+
+
+def has_password(url: str | None) -> bool:
+    """Whether a storage / tracking URL carries credentials (``scheme://user:pw@host/...``). Only the
+    network location counts: ``sqlite:///data/a@b.db`` is a file name with an ``@``, not a password."""
+    return bool(url) and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``postgresql://u:***@host/db``), for every message,
+    tag, log line and report; URLs without credentials come back unchanged."""
+    if not has_password(url):
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, slash, tail = rest.partition("/")
+    creds, host = netloc.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}{slash}{tail}"
 
 
 def _yaml_load(text: str) -> Any:

@@ -47,7 +47,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from regimetry.config import DataConfig
+from regimetry.config import DataConfig, has_password, redact_url
 
 __all__ = [
     "NOTEBOOK_DIR",
@@ -271,20 +271,6 @@ def _absolute_url(url: str | None) -> str | None:
 _SECRET_ENV = {"tracking_uri": "REGIMETRY_REPORT_TRACKING_URI", "storage": "REGIMETRY_REPORT_STORAGE"}
 
 
-def _has_password(url: str | None) -> bool:
-    return bool(url) and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
-
-
-def _redact(url: str) -> str:
-    """A database URL with its password hidden (for messages and tables)."""
-    if not _has_password(url):
-        return url
-    scheme, rest = url.split("://", 1)
-    netloc, slash, tail = rest.partition("/")
-    creds, host = netloc.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}{slash}{tail}"
-
-
 def _from_env(value: str | None) -> str | None:
     """``"$NAME"`` -> the environment variable ``NAME`` (how URLs with passwords reach the kernel without
     being written into the executed notebook); any other value unchanged."""
@@ -339,7 +325,7 @@ def render_ablation_report(
     values = {"tracking_uri": uri, "storage": _absolute_url(storage)}
     saved = {name: os.environ.get(name) for name in _SECRET_ENV.values()}
     for key, value in values.items():
-        if _has_password(value):  # never write a password into the notebook (or its MLflow artifact)
+        if has_password(value):  # never write a password into the notebook (or its MLflow artifact)
             os.environ[_SECRET_ENV[key]] = value
             values[key] = "$" + _SECRET_ENV[key]
     try:
@@ -572,7 +558,7 @@ def load_ablation_runs(experiment: str, tracking_uri: str | None = None,
     from regimetry import tracking
 
     uri = tracking.resolve_tracking_uri(_from_env(tracking_uri))
-    where = f"experiment {experiment!r} at tracking URI {_redact(uri)}"
+    where = f"experiment {experiment!r} at tracking URI {redact_url(uri)}"
     if _sqlite_missing(uri):
         raise ValueError(f"no MLflow store at {uri} (the SQLite file does not exist), so no runs of {where}")
     parents = tracking.search_runs(experiment, "tags.stage = 'study'", order_by=["attribute.start_time DESC"],
@@ -635,7 +621,7 @@ def protocol(runs: AblationRuns) -> dict[str, Any]:
         ("wall time (s)", runs.tag("wall_seconds", "not recorded")),
         ("Optuna studies", ", ".join(json.loads(studies)) if studies else "not recorded"),
         ("Optuna storage", runs.tag("optuna_storage", "not recorded")),
-        ("tracking URI", _redact(runs.tracking_uri)),
+        ("tracking URI", redact_url(runs.tracking_uri)),
     ]
     spec = runs.json(runs.parent_run_id, "ablation.json") or {}
     arms = pd.DataFrame([{"arm": a.get("name"), "overrides": json.dumps(a.get("overrides", {})),

@@ -58,7 +58,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from regimetry import evaluation
-from regimetry.config import CONTROL_SOURCES, SOURCES, SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig
+from regimetry.config import (CONTROL_SOURCES, SOURCES, SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig,
+                              redact_url)
 
 logger = logging.getLogger("regimetry.studies")
 # QMCSampler, heartbeats and fail_stale_trials are stable in practice but still flagged experimental.
@@ -1090,7 +1091,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
           f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
     parent_tags = {
         "stage": "study", "dataset": config.dataset_name, "scientific": ablation.scientific,
-        "optuna_storage": _redact(storage_url),
+        "optuna_storage": redact_url(storage_url),
         "optuna_studies": json.dumps([study_name(ablation, a) for a in arm_list]),
         "question": ablation.question[:4000], "seed": str(options.seed),
     }
@@ -1113,7 +1114,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
         resolve_storage(storage_url)  # create the schema once, before any worker process starts
         if options.stage in ("all", "tune"):
             print(f"== {ablation.name}: tuning {len(arm_list)} arms x {budget.trials_per_arm} trials "
-                  f"(storage {_redact(storage_url)}, {options.jobs} process(es))", flush=True)
+                  f"(storage {redact_url(storage_url)}, {options.jobs} process(es))", flush=True)
             _run_parallel(options.jobs, _worker_process, [(ctx, names, tracking_uri)] * options.jobs, ctx, names)
         if options.stage == "tune":
             return {}
@@ -1286,16 +1287,6 @@ def _ceiling_table(results, blocks) -> pd.DataFrame:
 def _confirm_progress(results, plan) -> None:
     r = results[-1]
     print(f"[confirm] {len(results)}/{len(plan)} {r['arm']} fold {r['fold']} seed {r['seed']} done", flush=True)
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a database URL before it is logged."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 # ================================================================================================
@@ -1511,7 +1502,7 @@ def study_trials_frame(name: str, storage_url: str | None = None) -> pd.DataFram
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        raise ValueError(f"no Optuna study named {name!r} in {_redact(storage_url or DEFAULT_STORAGE)}") from None
+        raise ValueError(f"no Optuna study named {name!r} in {redact_url(storage_url or DEFAULT_STORAGE)}") from None
     return study.trials_dataframe(attrs=("number", "state", "value", "params", "duration", "user_attrs"))
 
 

@@ -206,8 +206,13 @@ def test_unknown_experiment_fails_with_clear_message_and_exit_code(fake_store, t
 
 def test_passwords_never_reach_the_notebook(monkeypatch):
     url = "postgresql://user:s3cret@db.example:5432/optuna"
-    assert reports._redact(url) == "postgresql://user:***@db.example:5432/optuna"
-    assert reports._redact("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    from regimetry.config import redact_url
+
+    assert redact_url(url) == "postgresql://user:***@db.example:5432/optuna"
+    assert redact_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    # an "@" in a file name is not a password (issue 14: the two old redactors disagreed here)
+    assert redact_url("sqlite:///data/a@b.db") == "sqlite:///data/a@b.db"
+    assert redact_url("mysql://u:p@ss@h/db?x=@") == "mysql://u:***@h/db?x=@"
     monkeypatch.setenv("REGIMETRY_REPORT_STORAGE", url)
     assert reports._from_env("$REGIMETRY_REPORT_STORAGE") == url and reports._from_env("plain") == "plain"
 
