@@ -299,7 +299,7 @@ def render_ablation_report(
             ``optuna_storage`` tag unless it was redacted, else ``sqlite:///mlruns/optuna.db``).
             URLs with a password (tracking URI or storage) reach the kernel through an environment
             variable, so the password is never written into the executed notebook or its artifact.
-        parent_run_id: the ``stage=study`` run to report (default: the latest one of the experiment).
+        parent_run_id: the ``stage=study`` run to report (default: the latest FINISHED one of the experiment).
         metric: metric of record shown in the tables, one of ``balanced_accuracy``, ``macro_f1``,
             ``log_loss``.
         output_dir: root of the reports (relative paths against the current directory).
@@ -548,11 +548,12 @@ def load_ablation_runs(experiment: str, tracking_uri: str | None = None,
     Args:
         experiment: MLflow experiment name.
         tracking_uri: MLflow store (default as in ``regimetry.tracking.resolve_tracking_uri``).
-        parent_run_id: the ``stage=study`` run; ``None`` picks the latest one (by start time).
+        parent_run_id: the ``stage=study`` run; ``None`` picks the latest FINISHED one (by start time),
+            so a crashed or still running invocation is never reported by default.
 
     Raises:
-        ValueError: a SQLite store file that does not exist, an experiment with no ``stage=study``
-            run, or a ``parent_run_id`` that is not such a run of the experiment; the message names
+        ValueError: a SQLite store file that does not exist, an experiment with no FINISHED ``stage=study``
+            run (when ``parent_run_id`` is None), or a ``parent_run_id`` that is not such a run of the experiment; the message names
             the experiment and the tracking URI.
     """
     from regimetry import tracking
@@ -573,7 +574,12 @@ def load_ablation_runs(experiment: str, tracking_uri: str | None = None,
                              f"latest ones: {list(parents['run_id'][:5])}")
         parent = chosen.iloc[0]
     else:
-        parent = parents.iloc[0]
+        finished = parents[parents["status"] == "FINISHED"]
+        if finished.empty:
+            latest = ", ".join(f"{r} ({st})" for r, st in zip(parents["run_id"][:5], parents["status"][:5]))
+            raise ValueError(f"no FINISHED ablation run (tag stage=study) in {where}, only unfinished or failed "
+                             f"ones: {latest}; finish the run (re-run the same command) or pass its parent run id")
+        parent = finished.iloc[0]
     children = tracking.search_runs(experiment, "tags.stage = 'arm'", order_by=["attribute.start_time ASC"],
                                     tracking_uri=uri)
     key = "tags.mlflow.parentRunId"

@@ -204,6 +204,23 @@ def test_unknown_experiment_fails_with_clear_message_and_exit_code(fake_store, t
     assert not (tmp_path / "typo").exists()  # a typo does not create an empty store
 
 
+def test_default_parent_is_the_newest_finished_one_never_a_crashed_run(tmp_path):
+    """Issue 14: a bad or crashed invocation leaves a FAILED/RUNNING parent; the report must not pick it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.run(EXPERIMENT, run_name="failed-only", tracking_uri=uri, tags={"stage": "study"}) as failed:
+        failed.set_status("FAILED")
+    with pytest.raises(ValueError, match="no FINISHED ablation run") as info:
+        reports.load_ablation_runs(EXPERIMENT, uri)
+    assert failed.run_id in str(info.value) and "FAILED" in str(info.value)
+    with tracking.run(EXPERIMENT, run_name="good", tracking_uri=uri, tags={"stage": "study"}) as good:
+        pass
+    with tracking.run(EXPERIMENT, run_name="crashed", tracking_uri=uri, tags={"stage": "study"}) as crashed:
+        crashed.set_status("FAILED")
+    assert reports.load_ablation_runs(EXPERIMENT, uri).parent_run_id == good.run_id
+    # an explicit id still reaches any parent (the harness renders its own report before closing the run)
+    assert reports.load_ablation_runs(EXPERIMENT, uri, crashed.run_id).parent_run_id == crashed.run_id
+
+
 def test_passwords_never_reach_the_notebook(monkeypatch):
     url = "postgresql://user:s3cret@db.example:5432/optuna"
     from regimetry.config import redact_url
