@@ -59,7 +59,7 @@ from optuna.trial import TrialState
 
 from regimetry import evaluation
 from regimetry.config import (CONTROL_SOURCES, SOURCES, SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig,
-                              redact_url)
+                              has_password, redact_url)
 
 logger = logging.getLogger("regimetry.studies")
 # QMCSampler, heartbeats and fail_stale_trials are stable in practice but still flagged experimental.
@@ -367,20 +367,26 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
         ValueError: an unparseable URL, naming it.
     """
     url = url or DEFAULT_STORAGE
+    shown = redact_url(url)
     if url.startswith("journal:"):
         path = url[len("journal:"):].lstrip("/")
         path = "/" + path if url.startswith("journal:///") else path
         from optuna.storages.journal import JournalFileBackend
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if Path(path).is_dir():
+            raise ValueError(f"--storage {shown!r}: {path} is a directory; a journal storage is a file "
+                             "(journal:///path/file.log)")
+        _make_parent(Path(path), shown)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if "://" not in url:
-        raise ValueError(f"--storage {url!r}: expected a database URL (sqlite:///file.db, postgresql://...) "
+        raise ValueError(f"--storage {shown!r}: expected a database URL (sqlite:///file.db, postgresql://...) "
                          "or journal:///path/file.log")
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         db_path = Path(url[len("sqlite:///"):])
-        db_path.parent.mkdir(parents=True, exist_ok=True)
+        if db_path.is_dir():
+            raise ValueError(f"--storage {shown!r}: {db_path} is a directory; expected a SQLite file path")
+        _make_parent(db_path, shown)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     # Several processes opening a new database at once race to create its schema (one of them gets
     # an IntegrityError on alembic_version); the loser simply opens the now-created schema again.
@@ -399,7 +405,20 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
             if not any(word in str(exc) for word in ("IntegrityError", "UNIQUE constraint", "locked", "already exists")):
                 break
             time.sleep(0.5 * (attempt + 1))
-    raise ValueError(f"--storage {url!r}: cannot open the Optuna storage: {last_error}") from None
+    message = str(last_error)
+    password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2] if has_password(url) else ""
+    if password:
+        message = message.replace(password, "***")
+    raise ValueError(f"--storage {shown!r}: cannot open the Optuna storage: {message}") from None
+
+
+def _make_parent(path: Path, shown: str) -> None:
+    """Create the directory a storage file goes in, or fail naming the option (a path under a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--storage {shown!r}: cannot create the directory {path.parent}: "
+                         f"{exc.strerror or exc}") from None
 
 
 def _sampler(seed: int) -> optuna.samplers.BaseSampler:
@@ -1078,7 +1097,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
 
     budget = options.budget(ablation)
     config = data_config(ablation, options, budget)
-    tracking_uri = tracking.resolve_tracking_uri(options.tracking_uri)
+    tracking_uri = tracking.configure(options.tracking_uri)  # validates the store before anything is written
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     storage_url = options.storage or DEFAULT_STORAGE
     arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
@@ -1089,6 +1108,9 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
     print(f"== {ablation.name}: {config.dataset_name}, {len(blocks)} evaluation block(s); tuning on block 0 "
           f"({len(blocks[0].train)} train / {len(blocks[0].val)} validation windows of "
           f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
+    # Open (and so validate) the storage too, creating its schema once before any worker starts:
+    # a bad --storage fails here, before any MLflow run exists.
+    resolve_storage(storage_url)
     parent_tags = {
         "stage": "study", "dataset": config.dataset_name, "scientific": ablation.scientific,
         "optuna_storage": redact_url(storage_url),
@@ -1111,7 +1133,6 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
         ctx = _WorkerContext(ablation, options, budget, config, arm_run_ids, parent.run_id)
         names = [a.name for a in arm_list]
 
-        resolve_storage(storage_url)  # create the schema once, before any worker process starts
         if options.stage in ("all", "tune"):
             print(f"== {ablation.name}: tuning {len(arm_list)} arms x {budget.trials_per_arm} trials "
                   f"(storage {redact_url(storage_url)}, {options.jobs} process(es))", flush=True)

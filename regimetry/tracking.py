@@ -50,6 +50,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from regimetry.config import redact_url
+
 __all__ = [
     "DEFAULT_TRACKING_URI",
     "ActiveRun",
@@ -129,22 +131,42 @@ def configure(tracking_uri: str | None = None) -> str:
         The resolved URI.
 
     Raises:
-        RuntimeError: the store cannot be opened (message names the URI).
+        ValueError: the store cannot be opened or created: a SQLite path that is a directory, an
+            existing file that is not a SQLite database, a directory that cannot be created (a path
+            under a file, no permission), or a store MLflow refuses; the message names the URI and
+            nothing is written beside a file that is not a store.
     """
     uri = resolve_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     if uri in _configured:
         return uri
     db = _sqlite_path(uri)
+    shown = redact_url(uri)
+    if db is not None:
+        if db.is_dir():
+            raise ValueError(f"--tracking-uri {shown!r}: {db} is a directory; expected a SQLite file path "
+                             "(sqlite:///mlruns/mlflow.db)")
+        if db.is_file() and db.stat().st_size > 0:
+            with open(db, "rb") as handle:
+                if handle.read(16) != b"SQLite format 3\x00":
+                    raise ValueError(f"--tracking-uri {shown!r}: {db} exists and is not a SQLite database; "
+                                     "point it at a new or an existing MLflow store")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--tracking-uri {shown!r}: cannot create the directory {db.parent}: "
+                             f"{exc.strerror or exc}") from None
     try:
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
             with _file_lock(db.with_name(db.name + ".lock")):
                 MlflowClient(uri).search_experiments(max_results=1)
         else:
             _retry(lambda: MlflowClient(uri).search_experiments(max_results=1))
-    except MlflowException as exc:
-        raise RuntimeError(f"MLflow store {uri!r} cannot be opened: {exc}") from exc
+    except ImportError as exc:
+        raise ValueError(f"--tracking-uri {shown!r}: the database driver is not installed ({exc}); for "
+                         "postgresql:// install psycopg 3: pip install 'psycopg[binary]'") from None
+    except (MlflowException, OSError) as exc:
+        raise ValueError(f"--tracking-uri {shown!r}: the MLflow store cannot be opened: {exc}") from None
     _configured[uri] = uri
     return uri
 

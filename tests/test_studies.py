@@ -211,6 +211,34 @@ def test_bad_data_fails_cleanly_before_any_trial_is_claimed(tmp_path, capsys):
     assert studies.main(ablation, _args(tmp_path, "--csv", "x.csv")) == 2  # --csv without --dataset csv
 
 
+@pytest.mark.parametrize("bad", ["storage_dir", "storage_under_file", "storage_password", "journal_dir",
+                                 "tracking_not_a_db", "tracking_dir"])
+def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, tmp_path, capsys):
+    """Issue 14: storage and tracking URI are checked before any MLflow run, study or claim exists;
+    the message names the option and hides the password; a user's file is left as it was."""
+    (tmp_path / "notes.txt").write_text("my notes")
+    args = _args(tmp_path, "--stage", "tune")
+    option, value = {
+        "storage_dir": ("--storage", f"sqlite:///{tmp_path}"),
+        "storage_under_file": ("--storage", f"sqlite:///{tmp_path}/notes.txt/optuna.db"),
+        "storage_password": ("--storage", "postgresql://alice:s3cret@127.0.0.1:1/optuna"),
+        "journal_dir": ("--storage", f"journal:///{tmp_path}"),
+        "tracking_not_a_db": ("--tracking-uri", f"sqlite:///{tmp_path}/notes.txt"),
+        "tracking_dir": ("--tracking-uri", f"sqlite:///{tmp_path}"),
+    }[bad]
+    args[args.index(option) + 1] = value
+    assert studies.main(_tiny(), args) == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "s3cret" not in err
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+    assert not (tmp_path / "notes.txt.lock").exists()
+    if option == "--storage":  # the tracking store is valid: it holds no run of this invocation
+        assert _runs(tmp_path, "tiny_ablation").empty
+    else:
+        assert not (tmp_path / "optuna.db").exists()
+
+
 def test_resuming_a_study_on_other_data_is_refused(tmp_path):
     from regimetry.config import DataConfig
 
