@@ -124,8 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         uri = tracking.configure(args.tracking_uri)
-    except RuntimeError as exc:
-        print(f"error: --tracking-uri: {exc}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     try:
