@@ -1257,8 +1257,15 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     # Log: arm-level metrics, parent-level tables.
     for conf, (_, row) in zip(confirmations, summary["arms"].iterrows()):
         arm_run = ctx.arm_run_ids[conf.arm]
+        # Only test-block scores go under confirm/test/; the tuning-period numbers go under tuning/.
         tracking.log_metrics({f"confirm/test/{k}": float(v) for k, v in row.items()
-                              if isinstance(v, (int, float, np.floating)) and k not in ("best_trial",)}, run_id=arm_run)
+                              if isinstance(v, (int, float, np.floating))
+                              and k not in ("best_trial", "best_val", "fraction_pruned", "fraction_failed")},
+                             run_id=arm_run)
+        # The tuned configuration as run parameters, so MLflow's compare view sets the arms side by side.
+        tracking.log_params({f"best.{section}.{k}": v
+                             for section, cfg in (("model", conf.model_config), ("train", conf.train_config))
+                             for k, v in cfg.to_dict().items()}, run_id=arm_run)
         tracking.log_metrics({"tuning/best_val": conf.best_value, "tuning/fraction_pruned": conf.fraction_pruned,
                               "tuning/fraction_failed": conf.fraction_failed}, run_id=arm_run)
         tracking.set_tags({"best_trial": str(conf.best_trial), "edge_warnings": row["edge_warnings"] or "none"},

@@ -26,6 +26,10 @@ def _artifacts(run_id, uri, path=None):
     return set(tracking.list_artifacts(run_id, path, tracking_uri=uri))
 
 
+def _read_artifact(run_id, uri, path):
+    return Path(tracking.download_artifacts(run_id, path, tracking_uri=uri)).read_text()
+
+
 def _check_protocol(experiment, uri, storage, arms, trials, blocks, seeds):
     """The runs, tags, studies and summary artifacts every ablation promises."""
     runs = tracking.search_runs(experiment, tracking_uri=uri)
@@ -62,6 +66,13 @@ def _check_protocol(experiment, uri, storage, arms, trials, blocks, seeds):
             for block in range(blocks):
                 assert f"metrics.fold{block}/test/{metric}" in arm_run.index
         assert "best_config.json" in _artifacts(arm_ids[arm], uri)
+        # issue 16: the tuned configuration is a run parameter; confirm/test/ holds test-block scores only
+        best = json.loads(_read_artifact(arm_ids[arm], uri, "best_config.json"))
+        assert arm_run["params.best.model.d_model"] == str(best["model"]["d_model"])
+        assert arm_run["params.best.train.learning_rate"] == str(best["train"]["learning_rate"])
+        assert 0 <= arm_run["metrics.tuning/fraction_pruned"] <= 1
+    assert not [c for c in runs.columns if c.startswith("metrics.confirm/test/") and
+                any(w in c for w in ("best_val", "fraction_pruned", "fraction_failed"))]
 
     summary = _artifacts(parent["run_id"], uri, "summary")
     assert {"summary/summary.md", "summary/arms.csv", "summary/per_fold.csv", "summary/differences.csv",
