@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from arch.bootstrap import CircularBlockBootstrap
@@ -39,6 +39,7 @@ __all__ = [
     "block_bootstrap_ci",
     "paired_block_bootstrap",
     "verdict",
+    "degenerate_blocks",
 ]
 
 
@@ -343,3 +344,46 @@ def verdict(name_a: str, name_b: str, metric: str, difference: Interval) -> str:
     a_better = (difference.estimate > 0) == HIGHER_IS_BETTER.get(metric, True)
     winner, loser = (name_a, name_b) if a_better else (name_b, name_a)
     return f"{winner} better than {loser} on {metric}: {name_a} - {name_b} = {text}"
+
+
+def degenerate_blocks(y_blocks: list[np.ndarray], num_classes: int, block_length: int,
+                      class_names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Evaluation blocks that weaken pooled verdicts, with their share of the pooled windows.
+
+    A block is flagged when its true labels hold a single class (its balanced accuracy is that
+    class's recall, so each window is simply right or wrong and a model that predicts one class
+    scores 0 or 1), when a class is missing from it (balanced accuracy averages over the classes
+    present), or when it holds fewer than ``2 * block_length`` windows (a circular block bootstrap
+    then resamples fewer than two independent blocks from it).
+
+    Args:
+        y_blocks: int ``(n_b,)`` true labels of each evaluation block, in order.
+        num_classes: K.
+        block_length: bootstrap block length in windows.
+        class_names: optional names for the message.
+
+    Returns:
+        One dict per flagged block: ``fold``, ``n_windows``, ``share`` (of all pooled windows),
+        ``classes`` (present, names), ``reason`` and ``message`` (one line for tables and tags).
+    """
+    total = sum(int(np.asarray(y).size) for y in y_blocks)
+    names = class_names or [str(k) for k in range(num_classes)]
+    flagged = []
+    for b, y in enumerate(y_blocks):
+        y = np.asarray(y)
+        present = sorted({int(v) for v in np.unique(y)})
+        reasons = []
+        if len(present) == 1:
+            reasons.append(f"one class only ({names[present[0]]}): balanced accuracy there is 0 or 1 per window")
+        elif len(present) < num_classes:
+            missing = [names[k] for k in range(num_classes) if k not in present]
+            reasons.append(f"no {', '.join(missing)} window(s): balanced accuracy averages the classes present")
+        if y.size < 2 * block_length:
+            reasons.append(f"{y.size} windows < 2 bootstrap blocks of {block_length}")
+        if reasons:
+            share = y.size / total if total else float("nan")
+            flagged.append({"fold": b, "n_windows": int(y.size), "share": share,
+                            "classes": [names[k] for k in present], "reason": "; ".join(reasons),
+                            "message": f"block {b}: {'; '.join(reasons)} ({y.size} windows, {share:.0%} of the "
+                                       "pooled evaluation)"})
+    return flagged

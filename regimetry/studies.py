@@ -1036,9 +1036,12 @@ def summarize(ablation: Ablation, confirmations: list[ArmConfirmation], num_clas
                 verdicts.append(line)
     reference_rows, reference_blocks = _reference_rows(baselines, confirmations[0].y_true, num_classes,
                                                        block_length, n_boot, seed) if confirmations else ([], [])
+    block_warnings = (evaluation.degenerate_blocks(confirmations[0].y_true, num_classes, block_length)
+                      if confirmations else [])
     return {"arms": pd.DataFrame(rows), "per_fold": pd.DataFrame(per_block_rows + reference_blocks),
             "references": pd.DataFrame(reference_rows),
-            "differences": pd.DataFrame(diff_rows), "verdicts": verdicts, "block_length": block_length}
+            "differences": pd.DataFrame(diff_rows), "verdicts": verdicts, "block_length": block_length,
+            "block_warnings": block_warnings}
 
 
 def _markdown(summary: dict[str, Any], ablation: Ablation, budget: Budget) -> str:
@@ -1065,6 +1068,9 @@ def _markdown(summary: dict[str, Any], ablation: Ablation, budget: Budget) -> st
     lines += ["", "## Verdicts (balanced accuracy, paired block bootstrap; MDE = minimum detectable effect, "
               "80 % power, two-sided 5 %)", ""]
     lines += [f"- {v}" for v in summary["verdicts"]] or ["- (no comparisons)"]
+    if summary.get("block_warnings"):
+        lines += ["", "## Evaluation blocks that weaken these verdicts", ""]
+        lines += [f"- {w['message']}" for w in summary["block_warnings"]]
     warnings = [f"- {r['arm']}: {r['edge_warnings']}" for _, r in arms.iterrows() if r["edge_warnings"]]
     if warnings:
         lines += ["", "## Best trials on the edge of the search space", ""] + warnings
@@ -1292,7 +1298,8 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     tracking.log_text("\n".join(summary["verdicts"]) + "\n", "summary/verdicts.txt")
     if "ceilings" in summary:
         tracking.log_text(summary["ceilings"].to_csv(index=False), "summary/ceilings.csv")
-    tracking.set_tags({"verdicts": " | ".join(summary["verdicts"])[:4900]})
+    tracking.set_tags({"verdicts": " | ".join(summary["verdicts"])[:4900],
+                       "block_warnings": " | ".join(w["message"] for w in summary["block_warnings"])[:4900] or "none"})
     print()
     print(markdown, flush=True)
     return summary

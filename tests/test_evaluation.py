@@ -137,3 +137,20 @@ def test_paired_bootstrap_se_and_mde_in_the_verdict():
     assert line.endswith(f"(none larger than {2.8016 * 0.015:.3f} at 80 % power)")
     called = verdict("a", "b", "balanced_accuracy", Interval(0.05, 0.02, 0.08, se=0.015))
     assert "none larger" not in called and called.startswith("a better than b")
+
+
+def test_degenerate_blocks_are_flagged_with_their_share_of_the_pooled_evaluation():
+    from regimetry.evaluation import degenerate_blocks
+
+    full = np.tile([0, 1, 2], 40)  # 120 windows, all classes
+    one_class = np.zeros(60, dtype=int)
+    missing = np.tile([0, 1], 30)  # no class 2
+    tiny = np.array([0, 1, 2, 0, 1])  # 5 windows < 2 blocks of 21
+    flagged = degenerate_blocks([full, one_class, missing, tiny], 3, block_length=21, class_names=["low", "mid", "high"])
+    assert [f["fold"] for f in flagged] == [1, 2, 3]
+    one, miss, small = flagged
+    assert "one class only (low)" in one["message"] and one["classes"] == ["low"]
+    assert one["share"] == pytest.approx(60 / 245) and "24% of the pooled evaluation" in one["message"]
+    assert "no high window(s)" in miss["reason"]
+    assert small["reason"] == "5 windows < 2 bootstrap blocks of 21"
+    assert degenerate_blocks([full, full], 3, block_length=21) == []

@@ -267,3 +267,22 @@ def test_jobs_1_and_jobs_2_give_the_same_trials_parameters_and_metrics(tmp_path)
     assert results[1] == results[2]
     # and every arm got the same configurations
     assert [p for _, p, _, _ in results[1]["mean"]] == [p for _, p, _, _ in results[1]["last"]]
+
+
+def test_summary_flags_a_one_class_block_beside_the_verdicts():
+    """Issue 16: a one-class test block (the first round's 2004-2006) is named wherever verdicts appear."""
+    import numpy as np
+
+    from regimetry.config import ModelConfig, TrainConfig
+
+    rng = np.random.default_rng(0)
+    y_blocks = [np.zeros(50, dtype=int), np.tile([0, 1, 2], 50)]
+    confs = [studies.ArmConfirmation(arm, 0, 0.5, ModelConfig(), TrainConfig(), y_blocks,
+                                     [rng.dirichlet(np.ones(3), size=(len(y), 2)) for y in y_blocks], [], [], 0.0, 0.0)
+             for arm in ("mean", "last")]
+    summary = studies.summarize(_tiny(), confs, num_classes=3, horizon=21, baselines=None, n_boot=50)
+    assert [w["fold"] for w in summary["block_warnings"]] == [0]
+    assert "one class only" in summary["block_warnings"][0]["message"] and "25%" in summary["block_warnings"][0]["message"]
+    markdown = studies._markdown(summary, _tiny(), TINY_BUDGET)
+    assert "## Evaluation blocks that weaken these verdicts" in markdown
+    assert markdown.index("## Verdicts") < markdown.index("block 0: one class only")
