@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -745,6 +746,7 @@ def _run_trial(ctx: _WorkerContext, study: optuna.Study, trial: optuna.Trial, ar
                     active.set_status("KILLED")
                     tracking.set_tags({"optuna_state": "PRUNED"})
                     study.tell(trial, state=TrialState.PRUNED)
+                    _progress(study, arm, trial.number, TrialState.PRUNED, ctx.budget)
                     return
                 tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="trial", arm=arm.name,
                                           seed=trial_seed, test=False)
@@ -796,8 +798,23 @@ def _progress(study: optuna.Study, arm: Arm, number: int, state: TrialState, bud
         best = f"{study.best_value:.4f}"
     except ValueError:
         best = "-"
-    print(f"[{study.study_name}] trial {number} {state.name:<8} | {done}/{study.user_attrs.get('budget', budget.trials_per_arm)} "
-          f"done | best val {best}", flush=True)
+    total = int(study.user_attrs.get("budget", budget.trials_per_arm))
+    starts = [t.datetime_start for t in study.get_trials(deepcopy=False) if t.datetime_start is not None]
+    elapsed = (datetime.datetime.now() - min(starts)).total_seconds() if starts else float("nan")
+    print(f"[{study.study_name}] trial {number} {state.name:<8} | {done}/{total} done | best val {best} | "
+          f"{_timing(elapsed, done, total)}", flush=True)
+
+
+def _timing(elapsed: float, done: int, total: int) -> str:
+    """``"elapsed 3m05s, ~4m10s left"``: the time left extrapolates the mean time per finished unit."""
+    def fmt(seconds: float) -> str:
+        seconds = max(0, int(round(seconds)))
+        return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+    if not math.isfinite(elapsed):
+        return "elapsed -"
+    left = f", ~{fmt(elapsed / done * (total - done))} left" if 0 < done < total else ""
+    return f"elapsed {fmt(elapsed)}{left}"
 
 
 def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> None:
@@ -1216,11 +1233,11 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
         bests[arm.name] = (study, best, model_cfg, train_cfg)
         plan += [(arm.name, b, seed, model_cfg, train_cfg) for b in range(len(blocks)) for seed in seeds]
 
-    results = []
+    results, started = [], time.monotonic()
     if ctx.options.jobs <= 1:
         for task in plan:
             results.append(_confirm_one(ctx, *task))
-            _confirm_progress(results, plan)
+            _confirm_progress(results, plan, started)
     else:
         context = mp.get_context("spawn")
         queue = context.Queue()
@@ -1231,7 +1248,7 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
         while len(results) < len(plan):
             try:
                 results.append(queue.get(timeout=5))
-                _confirm_progress(results, plan)
+                _confirm_progress(results, plan, started)
             except Exception:  # queue.Empty
                 if not any(p.is_alive() for p in procs) and queue.empty():
                     raise RuntimeError("a confirmation process died before finishing its runs") from None
@@ -1319,9 +1336,10 @@ def _ceiling_table(results, blocks) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _confirm_progress(results, plan) -> None:
+def _confirm_progress(results, plan, started: float) -> None:
     r = results[-1]
-    print(f"[confirm] {len(results)}/{len(plan)} {r['arm']} fold {r['fold']} seed {r['seed']} done", flush=True)
+    print(f"[confirm] {len(results)}/{len(plan)} {r['arm']} fold {r['fold']} seed {r['seed']} done | "
+          f"{_timing(time.monotonic() - started, len(results), len(plan))}", flush=True)
 
 
 # ================================================================================================

@@ -286,3 +286,9 @@ def test_summary_flags_a_one_class_block_beside_the_verdicts():
     markdown = studies._markdown(summary, _tiny(), TINY_BUDGET)
     assert "## Evaluation blocks that weaken these verdicts" in markdown
     assert markdown.index("## Verdicts") < markdown.index("block 0: one class only")
+
+
+def test_progress_lines_give_elapsed_time_and_an_estimate_of_the_time_left():
+    assert studies._timing(30.0, 1, 4) == "elapsed 30s, ~1m30s left"
+    assert studies._timing(125.0, 4, 4) == "elapsed 2m05s"
+    assert studies._timing(float("nan"), 0, 4) == "elapsed -"
