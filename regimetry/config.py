@@ -18,6 +18,7 @@ import json
 import math
 import types
 import typing
+import zoneinfo
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -316,9 +317,9 @@ class DataConfig(_ConfigBase):
         include_columns: CSV columns to keep as model inputs (besides OHLCV-derived features);
             ``None`` keeps all.
         exclude_columns: CSV columns to drop from the inputs.
-        features: bar features to compute (see ``regimetry.data.features``). Default: log return,
-            absolute return, high-low range, close location, realized vol over 5/21/63 bars,
-            volume z-score.
+        features: bar features to compute (see ``regimetry.data.features``). Default
+            (``DEFAULT_FEATURES``): log return, absolute return, high-low range, close location, log
+            realized volatility over 1/5/22/63 bars (the HAR lags and a quarter), volume z-score.
         target: ``"forward_vol_regime"`` (forward realized-volatility regime), ``"true_regime"``
             (synthetic source only) or ``"column:<name>"`` (a label column of the CSV). ``None``
             picks ``true_regime`` for synthetic data and ``forward_vol_regime`` otherwise.
@@ -339,6 +340,14 @@ class DataConfig(_ConfigBase):
             blocks, i.e. on the bars before it (S&P 500: train 1999-2006, validation 2006-07..2007-09,
             all three regimes present). With the older 2004 start the tuning fold had 879 training
             and 143 validation windows, and the first test block (2004-06) held one class only.
+        label_buckets: for ``target="column:<name>"`` with a continuous column (e.g. a forward
+            return or volatility you computed): bucket it into this many classes at the training
+            period's quantiles, as ``forward_vol_regime`` does; ``None`` (default) takes the
+            column's values as class labels.
+        timezone: IANA zone of the CSV's timestamps (e.g. ``"America/New_York"``): naive timestamps
+            are read as local times of that zone, and aware ones are checked against it. Without
+            it, a file whose offsets differ only by daylight saving (two offsets one hour apart,
+            changing a few times a year) loads as one zone. Either way the index is stored in UTC.
         synthetic_bars / synthetic_seed: length and seed of the simulated path (for a control
             task: ``synthetic_bars // window_size`` independent segments of ``window_size`` bars).
     """
@@ -368,6 +377,8 @@ class DataConfig(_ConfigBase):
     folds_end: str | None = None
     synthetic_bars: int = 6000
     synthetic_seed: int = 0
+    label_buckets: int | None = None
+    timezone: str | None = None
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -395,6 +406,20 @@ class DataConfig(_ConfigBase):
                 f"train_fraction + val_fraction must be < 1 to leave a test split, got "
                 f"{self.train_fraction} + {self.val_fraction}",
             )
+        if self.label_buckets is not None:
+            if not isinstance(self.label_buckets, int) or isinstance(self.label_buckets, bool) or not (
+                    2 <= self.label_buckets <= MAX_REGIMES):
+                raise _err(name, "label_buckets", f"must be an integer in [2, {MAX_REGIMES}] or None, "
+                                                  f"got {self.label_buckets!r}")
+            if not self.resolved_target.startswith("column:"):
+                raise _err(name, "label_buckets", f"buckets a CSV label column: needs target='column:<name>', "
+                                                  f"got target={self.resolved_target!r}")
+        if self.timezone is not None:
+            try:
+                zoneinfo.ZoneInfo(str(self.timezone))
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise _err(name, "timezone", f"expected an IANA time zone such as 'America/New_York' or "
+                                             f"'Europe/London', got {self.timezone!r}") from None
         if (self.val_start is None) != (self.test_start is None):
             raise _err(name, "val_start", "give both val_start and test_start, or neither")
         for field in ("val_start", "test_start", "start", "end", "folds_start", "folds_end"):

@@ -116,6 +116,73 @@ def test_tz_aware_timestamps_and_auto_detection(tmp_path):
     assert s.bars.index.tz is not None and str(s.train.index[0].utcoffset()) == "-1 day, 19:00:00"
 
 
+def _new_york_daily(tmp_path, start="2017-01-02", end="2019-12-31", naive=False):
+    """A daily file as a New York export writes it: local midnight with -05:00 in winter, -04:00 in
+    summer (DST starts the second Sunday of March, ends the first Sunday of November)."""
+    days = pd.bdate_range(start, end)
+    local = days.tz_localize("America/New_York")
+    rng = np.random.default_rng(1)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, len(days))))
+    stamps = [str(d.date()) for d in days] if naive else [t.isoformat() for t in local]
+    frame = pd.DataFrame({"timestamp": stamps, "open": close, "high": close * 1.01, "low": close * 0.99,
+                          "close": close, "volume": rng.integers(1_000, 2_000, len(days)),
+                          "fwd_vol": np.abs(rng.normal(0.15, 0.05, len(days)))})
+    path = tmp_path / ("naive.csv" if naive else "new_york.csv")
+    frame.to_csv(path, index=False)
+    return path, days
+
+
+def test_exchange_local_timestamps_across_daylight_saving_load_in_utc(tmp_path):
+    """Issue 15: -05:00/-04:00 across the March and November changes load with no row lost, in UTC."""
+    from regimetry.data import load_source
+
+    path, days = _new_york_daily(tmp_path)
+    text = path.read_text()
+    assert "2017-03-10T00:00:00-05:00" in text and "2017-03-13T00:00:00-04:00" in text  # March change
+    assert "2017-11-03T00:00:00-04:00" in text and "2017-11-06T00:00:00-05:00" in text  # November change
+    source = load_source(DataConfig(source="csv", csv_path=str(path)))
+    index = source.bars.index
+    assert len(index) == len(days) and str(index.tz) == "UTC"
+    local = index.tz_convert("America/New_York")
+    assert (local.hour == 0).all() and list(local.date) == list(days.date)  # every bar on its own local day
+    # the same with the zone named: checked against it; a wrong zone names the line and the offsets
+    assert load_source(DataConfig(source="csv", csv_path=str(path), timezone="America/New_York")).bars.index.equals(index)
+    with pytest.raises(ValueError, match=r"line 2 .*-05:00 but Europe/London .*\+0000"):
+        load_source(DataConfig(source="csv", csv_path=str(path), timezone="Europe/London"))
+    # naive local dates with a zone: the same UTC instants
+    naive, _ = _new_york_daily(tmp_path, naive=True)
+    assert load_source(DataConfig(source="csv", csv_path=str(naive), timezone="America/New_York")).bars.index.equals(index)
+    with pytest.raises(ValueError, match="DataConfig.timezone: expected an IANA time zone"):
+        DataConfig(source="csv", csv_path=str(naive), timezone="Mars/Olympus")
+
+
+def test_continuous_label_column_gets_a_short_error_or_training_quantile_buckets(tmp_path):
+    """Issue 15: a float label column is refused in one short line, or bucketed on request with
+    thresholds fitted on the training samples only."""
+    path, _ = _new_york_daily(tmp_path)
+    base = dict(source="csv", csv_path=str(path), target="column:fwd_vol", features=("log_return", "abs_return"))
+    with pytest.raises(ValueError) as info:
+        prepare(DataConfig(**base))
+    message = str(info.value)
+    assert len(message) <= 300 and "'fwd_vol' looks continuous" in message and "label_buckets" in message
+    s = prepare(DataConfig(**base, label_buckets=3))
+    assert s.class_names == ["fwd_vol_q0", "fwd_vol_q1", "fwd_vol_q2"]
+    assert np.bincount(s.train.y).max() - np.bincount(s.train.y).min() <= 1  # tertiles of training
+    # no look-ahead: raising every validation/test label by 10 changes no training class
+    frame = pd.read_csv(path)
+    later = frame.index >= s.val.positions.min()
+    frame.loc[later, "fwd_vol"] += 10
+    changed = tmp_path / "changed.csv"
+    frame.to_csv(changed, index=False)
+    t = prepare(DataConfig(**{**base, "csv_path": str(changed)}, label_buckets=3))
+    np.testing.assert_array_equal(s.train.y, t.train.y)
+    assert (t.test.y == 2).all()  # all above the training thresholds now
+    with pytest.raises(ValueError, match="label_buckets: buckets a CSV label column"):
+        DataConfig(source="sp500", label_buckets=3)
+    with pytest.raises(ValueError, match=r"label_buckets: must be an integer in \[2, "):
+        DataConfig(**base, label_buckets=1)
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input: each names the file / column / line / parameter
 # ------------------------------------------------------------------------------------------------
@@ -149,7 +216,13 @@ def _edit(rows, line_no, column, value):
         (lambda r: _edit(r, 9, "Timestamp", r[7].split(",")[0]), r"duplicate timestamp .* at line 9"),
         (lambda r: r[:1] + r[1:8] + [r[9], r[8]] + r[10:], r"not in increasing order: line 10 .* is earlier than line 9"),
         (lambda r: [r[0]] + [x.split(",", 1)[0] + "T00:00:00+01:00," + x.split(",", 1)[1] for x in r[1:20]]
-         + [x.split(",", 1)[0] + "T00:00:00+02:00," + x.split(",", 1)[1] for x in r[20:]], r"mixes UTC offsets.*line 21"),
+         + [x.split(",", 1)[0] + "T00:00:00+05:30," + x.split(",", 1)[1] for x in r[20:]], r"mixes UTC offsets.*line 21"),
+        # two offsets one hour apart, but alternating on every row: not daylight saving
+        (lambda r: [r[0]] + [x.split(",", 1)[0] + ("T00:00:00+01:00," if i % 2 else "T00:00:00+02:00,")
+                             + x.split(",", 1)[1] for i, x in enumerate(r[1:])], r"mixes UTC offsets.*line 3"),
+        # naive rows among aware ones
+        (lambda r: [r[0]] + [x.split(",", 1)[0] + "T00:00:00-05:00," + x.split(",", 1)[1] for x in r[1:30]]
+         + r[30:], r"mixes UTC offsets.*line 31.*no offset"),
         (lambda r: _edit(r, 12, "rsi_14", "abc"), r"column 'rsi_14', line 12 .*'abc' is not a number"),
         (lambda r: _edit(r, 13, "rsi_14", "inf"), r"column 'rsi_14', line 13 .*not finite"),
         (lambda r: _edit(r, 14, "macd_cross", "Maybe"), r"column 'macd_cross', line 14 .*not True/False/blank"),

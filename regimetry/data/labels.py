@@ -10,7 +10,10 @@
     The simulated regime of the Markov-switching source (``regimetry.data.synthetic``).
 ``column:<name>``
     A label column of the user's CSV: classes are the sorted distinct training values; a value in
-    validation or test that training never saw is an error (naming the column and timestamp).
+    validation or test that training never saw is an error (naming the column and timestamp). A
+    column that looks continuous (more than ``MAX_LABEL_CLASSES`` distinct training values) is
+    refused in one line, unless ``DataConfig.label_buckets = K`` asks to bucket it at the
+    training period's ``k/K`` quantiles (the ``forward_vol_regime`` rule, no look-ahead).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = [
     "bucket",
     "vol_class_names",
     "encode_column_labels",
+    "bucket_column_labels",
 ]
 
 TRADING_DAYS = 252
@@ -102,6 +106,56 @@ def _line(position: int) -> str:
     return f"line {position + 2}"
 
 
+#: More distinct training values than this in a label column is not a regime label.
+MAX_LABEL_CLASSES = 20
+
+
+def _check_not_continuous(values: pd.Series, train_values: pd.Series, classes: list, column: str) -> None:
+    """A short error for a label column that holds a measurement rather than classes."""
+    if len(classes) > MAX_LABEL_CLASSES:
+        kind = "looks continuous" if values.dtype.kind == "f" else "has too many classes for a regime label"
+        raise ValueError(
+            f"label column {column!r} {kind} ({len(classes)} distinct values in {len(train_values)} training "
+            f"samples, at most {MAX_LABEL_CLASSES} classes allowed); give a column of class labels, or bucket "
+            f"it at training-period quantiles with data.label_buckets=K"
+        )
+
+
+def bucket_column_labels(
+    values: pd.Series, train_positions: np.ndarray, num_buckets: int, column: str
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Bucket a continuous CSV label column into ``K`` classes at training-period quantiles.
+
+    The same no-look-ahead rule as ``forward_vol_regime``: the ``1/K .. (K-1)/K`` quantiles of the
+    column over the *training samples only* are the thresholds; class c holds
+    ``thresholds[c-1] <= value < thresholds[c]``.
+
+    Args:
+        values: the raw label column aligned with the bars, float; NaN = no label.
+        train_positions: int positions of the training samples.
+        num_buckets: K >= 2.
+        column: the column name (for messages).
+
+    Returns:
+        ``(codes, class_names, thresholds)``: float64 codes (NaN where unlabelled), names
+        ``<column>_q0 .. <column>_q{K-1}``, float64 ``(K-1,)`` thresholds.
+
+    Raises:
+        ValueError: a non-numeric column, or tied training values that give non-increasing
+            thresholds; the message names the column.
+    """
+    if values.dtype.kind not in "fiu":
+        raise ValueError(f"label column {column!r}: data.label_buckets needs a numeric column, got text values "
+                         f"such as {values.dropna().iloc[0]!r}")
+    numeric = values.to_numpy(dtype=np.float64)
+    try:
+        thresholds = vol_thresholds(numeric[np.asarray(train_positions, dtype=np.int64)], num_buckets)
+    except ValueError as exc:
+        raise ValueError(f"label column {column!r} with data.label_buckets={num_buckets}: "
+                         f"{str(exc).split(': ', 1)[-1]}") from None
+    return bucket(numeric, thresholds), [f"{column}_q{i}" for i in range(num_buckets)], thresholds
+
+
 def encode_column_labels(
     values: pd.Series, train_positions: np.ndarray, other_positions: np.ndarray, column: str
 ) -> tuple[np.ndarray, list[str]]:
@@ -125,8 +179,9 @@ def encode_column_labels(
     """
     train_values = values.iloc[train_positions].dropna()
     classes = sorted(pd.unique(train_values).tolist())
+    _check_not_continuous(values, train_values, classes, column)
     if values.dtype.kind == "f":
-        names = [str(int(c)) if float(c).is_integer() else str(c) for c in classes]
+        names = [str(int(c)) if float(c).is_integer() else repr(float(c)) for c in classes]
     else:
         names = [str(c) for c in classes]
     if len(classes) < 2:

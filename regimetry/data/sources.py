@@ -8,7 +8,11 @@ Nothing here is fitted.
 CSV format (the format regimetry users keep): one header line, then one row per bar.
 
 * Timestamp column: ``DataConfig.timestamp_column`` or the first of ``timestamp``, ``datetime``,
-  ``date``, ``time`` (case-insensitive). Naive or tz-aware (one UTC offset for the whole file).
+  ``date``, ``time`` (case-insensitive). Naive or tz-aware: one UTC offset for the whole file, or
+  one zone's local times across daylight-saving changes (two offsets one hour apart, e.g. New York's
+  ``-05:00`` / ``-04:00``), stored in UTC; ``DataConfig.timezone`` reads naive timestamps as local
+  times of a zone and checks aware ones against it. Genuinely mixed offsets, and naive rows among
+  aware ones, are errors naming the first offending line.
   ISO 8601 is parsed first; other formats are inferred from the first value. Timestamps must be
   strictly increasing: unsorted or duplicate timestamps are rejected (never silently sorted),
   naming the first offending line.
@@ -36,6 +40,7 @@ CSV format (the format regimetry users keep): one header line, then one row per 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 from pathlib import Path
@@ -168,13 +173,55 @@ def _classify(cells: list[str | None]) -> str | None:
     return "categorical"
 
 
-def _parse_timestamps(cells: list[str | None], where: str, column: str) -> pd.DatetimeIndex:
+def _offset_minutes(offset: str) -> int:
+    if offset == "Z":
+        return 0
+    digits = offset[1:].replace(":", "")
+    return (1 if offset[0] == "+" else -1) * (int(digits[:2]) * 60 + int(digits[2:]))
+
+
+def _is_daylight_saving_pair(offsets: list[str]) -> bool:
+    """Two offsets one hour apart that change only a few times a year: one zone across DST."""
+    minutes = [_offset_minutes(o) for o in offsets]
+    distinct = sorted(set(minutes))
+    if len(distinct) != 2 or distinct[1] - distinct[0] != 60:
+        return False
+    changes = int(np.count_nonzero(np.diff(minutes)))
+    return changes <= 2 * (len(minutes) // 120 + 1)  # <= 2 changes per ~120 bars (a daily file: per half year)
+
+
+def _parse_timestamps(cells: list[str | None], where: str, column: str,
+                      timezone: str | None = None) -> pd.DatetimeIndex:
     for i, c in enumerate(cells):
         if c is None:
             raise ValueError(f"{where}: timestamp column {column!r} is blank at {_line(i)}")
     offsets = [m.group(1) if (m := _OFFSET_RE.search(c)) else None for c in cells]  # type: ignore[union-attr]
     normalised = {None if o is None else ("+00:00" if o == "Z" else (o if ":" in o else f"{o[:3]}:{o[3:]}"))
                   for o in offsets}
+    aware = None not in normalised
+    # Aware timestamps checked against a given zone, or one zone's local times across daylight saving:
+    # both are stored in UTC.
+    if aware and (timezone is not None or (len(normalised) > 1 and _is_daylight_saving_pair(offsets))):  # type: ignore[arg-type]
+        index = _to_utc_index(cells, where, column)
+        if timezone is not None:
+            local = index.tz_convert(timezone)
+            expected = [int(t.utcoffset().total_seconds() // 60) for t in local]
+            written = [_offset_minutes(o) for o in offsets]  # type: ignore[arg-type]
+            bad = next((i for i, (e, w) in enumerate(zip(expected, written)) if e != w), None)
+            if bad is not None:
+                raise ValueError(
+                    f"{where}: timestamp column {column!r}: {_line(bad)} ({cells[bad]!r}) has offset "
+                    f"{offsets[bad]} but {timezone} (DataConfig.timezone) was at "
+                    f"{local[bad].strftime('%z')} then; fix the zone or the file")
+        return _check_order(index, where)
+    if normalised == {None} and timezone is not None:
+        index = _check_order(_naive_index(cells, where, column), where)
+        try:
+            return index.tz_localize(timezone, ambiguous="raise", nonexistent="raise").tz_convert("UTC")
+        except Exception as exc:  # noqa: BLE001 - pytz/zoneinfo raise several types for DST gaps and overlaps
+            raise ValueError(f"{where}: timestamp column {column!r}: a local time does not exist or is ambiguous "
+                             f"in {timezone} (DataConfig.timezone; a daylight-saving change): {exc}; write the "
+                             f"timestamps with their UTC offset") from None
     if len(normalised) > 1:
         first = offsets[0]
         bad = next(i for i, o in enumerate(offsets) if (o is None) != (first is None) or (
@@ -183,8 +230,25 @@ def _parse_timestamps(cells: list[str | None], where: str, column: str) -> pd.Da
         raise ValueError(
             f"{where}: timestamp column {column!r} mixes UTC offsets: {_line(0)} has "
             f"{first or 'no offset'} but {_line(bad)} ({cells[bad]!r}) has {offsets[bad] or 'no offset'}; "
-            f"convert every timestamp to one offset (e.g. UTC) first"
+            f"convert every timestamp to one offset (e.g. UTC) first; a file in one zone's local time "
+            f"across daylight saving loads as is, or set DataConfig.timezone (e.g. 'America/New_York')"
         )
+    return _check_order(_naive_index(cells, where, column), where)
+
+
+def _to_utc_index(cells: list[str], where: str, column: str) -> pd.DatetimeIndex:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parsed = pd.to_datetime(pd.Series(cells, dtype=object), format="mixed", errors="coerce", utc=True)
+    bad = np.flatnonzero(parsed.isna().to_numpy())
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{where}: timestamp column {column!r}: cannot parse {cells[i]!r} at {_line(i)} as a date/time")
+    return pd.DatetimeIndex(parsed, name="timestamp")
+
+
+def _naive_index(cells: list[str], where: str, column: str) -> pd.DatetimeIndex:
+    """Timestamps of one offset (or none): ISO 8601 first, then a format inferred from the first value."""
     series = pd.Series(cells, dtype=object)
     parsed = None
     for kwargs in ({"format": "ISO8601"}, {}):
@@ -202,7 +266,11 @@ def _parse_timestamps(cells: list[str | None], where: str, column: str) -> pd.Da
         bad = np.flatnonzero(coerced.isna().to_numpy())
         i = int(bad[0]) if bad.size else 0
         raise ValueError(f"{where}: timestamp column {column!r}: cannot parse {cells[i]!r} at {_line(i)} as a date/time")
-    index = pd.DatetimeIndex(parsed, name="timestamp")
+    return pd.DatetimeIndex(parsed, name="timestamp")
+
+
+def _check_order(index: pd.DatetimeIndex, where: str) -> pd.DatetimeIndex:
+    """Strictly increasing timestamps, or an error naming the first offending line."""
     values = index.asi8
     steps = np.diff(values)
     if np.any(steps == 0):
@@ -291,7 +359,7 @@ def source_from_frame(
                 f"{where}: no timestamp column; expected one named {list(TIMESTAMP_CANDIDATES)} (any case) or set "
                 f"DataConfig.timestamp_column; columns are {columns}"
             )
-    index = _parse_timestamps(_cells(frame[ts_col]), where, ts_col)
+    index = _parse_timestamps(_cells(frame[ts_col]), where, ts_col, config.timezone)
 
     target = config.resolved_target
     label_col = target[len("column:"):] if target.startswith("column:") else None
@@ -378,7 +446,7 @@ def source_from_frame(
         present = [v for v in cells if v is not None]
         if not present:
             raise ValueError(f"{where}: label column {label_col!r} is blank on every row")
-        if all(_is_number(v) and float(v).is_integer() for v in present):
+        if all(_is_number(v) and math.isfinite(float(v)) for v in present):
             label_values = pd.Series([np.nan if v is None else float(v) for v in cells], index=index, dtype=np.float64)
         else:
             label_values = pd.Series([np.nan if v is None else v for v in cells], index=index, dtype=object)

@@ -319,6 +319,9 @@ def _assemble(base: _Base, train: np.ndarray, val: np.ndarray, test: np.ndarray,
         codes = base.label_base
         class_names = list(source.extras["params"].names) if "params" in source.extras else [
             f"regime_{i}" for i in range(int(np.nanmax(codes)) + 1)]
+    elif config.label_buckets is not None:
+        codes, class_names, thresholds = _labels.bucket_column_labels(
+            source.label_values, train, config.label_buckets, target[len("column:"):])
     else:
         codes, class_names = _labels.encode_column_labels(
             source.label_values, train, np.concatenate([val, test]), target[len("column:"):])
