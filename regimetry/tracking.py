@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -371,18 +372,40 @@ def _safe_name(key: str) -> str:
 
 def log_params(params: Mapping[str, Any], run_id: str | None = None) -> None:
     """Log params in batches of 100; values longer than ``LONG_PARAM_CHARS`` never crash: the
-    full value goes to the artifact ``params/<key>.json`` and the param records a pointer."""
+    full value goes to the artifact ``params/<key>.json`` and the param records a pointer with the
+    value's length and SHA-256 prefix.
+
+    Params are immutable, as in MLflow: re-logging a key with the same value is a no-op (nothing is
+    rewritten); a different value raises before anything of the call is written, so a stored long
+    value's artifact is never overwritten.
+
+    Raises:
+        ValueError: a key already logged on the run with another value (naming the key and both values).
+    """
     run_id = _run_id(run_id)
-    short: list[Param] = []
+    texts: dict[str, str] = {}
+    long_values: dict[str, tuple[str, Any]] = {}
     for key, value in params.items():
         text = _param_value(value)
         if len(text) > LONG_PARAM_CHARS:
             artifact = f"params/{_safe_name(key)}.json"
-            log_dict({"key": key, "value": value if isinstance(value, (list, tuple, dict)) else text},
-                     artifact, run_id=run_id)
-            text = f"<{len(text)} chars, see artifact {artifact}>"
-        short.append(Param(str(key), text))
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            long_values[str(key)] = (artifact, value if isinstance(value, (list, tuple, dict)) else text)
+            text = f"<{len(text)} chars, sha256 {digest}, see artifact {artifact}>"
+        texts[str(key)] = text
     client = _client()
+    stored = _retry(lambda: client.get_run(run_id)).data.params
+    changed = [k for k, t in texts.items() if k in stored and stored[k] != t]
+    if changed:
+        k = changed[0]
+        raise ValueError(f"param {k!r} of run {run_id} is already {stored[k][:200]!r}; refusing to change it to "
+                         f"{texts[k][:200]!r} (params are immutable: start a new run)")
+    new = {k: t for k, t in texts.items() if k not in stored}
+    for key in new:
+        if key in long_values:
+            artifact, value = long_values[key]
+            log_dict({"key": key, "value": value}, artifact, run_id=run_id)
+    short = [Param(k, t) for k, t in new.items()]
     for i in range(0, len(short), _MAX_PARAMS_PER_BATCH):
         chunk = short[i:i + _MAX_PARAMS_PER_BATCH]
         _retry(lambda: client.log_batch(run_id, params=chunk, synchronous=True))

@@ -103,6 +103,30 @@ def test_long_params_and_80_feature_names_do_not_crash(tracking_uri):
     assert {"params/data.features.json", "params/huge.json"} <= set(artifacts)
 
 
+def test_relogging_a_long_param_is_a_no_op_and_a_changed_value_raises_before_writing(tracking_uri):
+    """Issue 15: a changed long value (same length or not) used to overwrite the stored artifact."""
+    import json
+    from pathlib import Path
+
+    def stored(run_id):
+        path = tracking.download_artifacts(run_id, "params/huge.json")
+        return json.loads(Path(path).read_text())["value"]
+
+    with tracking.run("params_immutable") as active:
+        tracking.log_params({"huge": "a" * 7000, "short": 1})
+        tracking.log_params({"huge": "a" * 7000, "short": 1})  # same values: no-op, no error
+        for changed in ("b" * 7000, "a" * 7001, "a" * 6999 + "b"):  # equal length, longer, one char differs
+            with pytest.raises(ValueError, match="param 'huge' .* already .*refusing to change it"):
+                tracking.log_params({"fresh": 2, "huge": changed})
+        with pytest.raises(ValueError, match="param 'short' .* already '1'"):
+            tracking.log_params({"fresh": 2, "short": 3})
+        run_id = active.run_id
+    assert stored(run_id) == "a" * 7000  # the artifact was never rewritten
+    row = tracking.search_runs("params_immutable").iloc[0]
+    assert "params.fresh" not in row.index or pd.isna(row["params.fresh"])  # nothing of a refused call written
+    assert row["params.short"] == "1" and "sha256" in row["params.huge"]
+
+
 def test_concurrent_processes_share_one_sqlite_store(tracking_uri):
     code = textwrap.dedent(
         """
