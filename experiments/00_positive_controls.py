@@ -48,7 +48,7 @@ import pandas as pd
 from regimetry import tracking
 from regimetry.config import CONTROL_TASKS
 from regimetry.data.controls import get_control
-from regimetry.studies import (DEFAULT_JOBS, NoCompleteTrial, RunOptions, ReportFailed, _configure_logging, control_ablation,
+from regimetry.studies import (DEFAULT_JOBS, BudgetIncomplete, NoCompleteTrial, RunOptions, ReportFailed, _configure_logging, control_ablation,
                                control_checks, run_ablation)
 
 HERE = Path(__file__).resolve().parent
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ReportFailed, NoCompleteTrial) as exc:
+    except (ReportFailed, NoCompleteTrial, BudgetIncomplete) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

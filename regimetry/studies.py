@@ -58,7 +58,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from regimetry import evaluation
+from regimetry import evaluation, processes
 from regimetry.config import (CONTROL_SOURCES, SOURCES, SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig,
                               has_password, redact_url)
 
@@ -67,6 +67,8 @@ logger = logging.getLogger("regimetry.studies")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+#: Trial system attribute: the owner process (host, pid, start) that claimed the trial.
+OWNER_ATTR = "regimetry_owner"
 METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
 #: Classical references every arm is compared with, on the same folds (issue 11): HAR-RV (Corsi 2009) and
 #: persistence (today's trailing realized vol, bucketed at the label thresholds).
@@ -537,15 +539,53 @@ def _enqueue_slots(study: optuna.Study, space: SearchSpace | None, seed: int, st
 
 
 def _claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically move one WAITING trial to RUNNING (storage check-and-set); ``None`` when none is left."""
+    """Atomically move one WAITING trial to RUNNING (storage check-and-set) and record its owner
+    process (:mod:`regimetry.processes`); ``None`` when none is left."""
     storage = study._storage
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+                storage.set_trial_system_attr(frozen._trial_id, OWNER_ATTR, processes.owner())
                 return optuna.trial.Trial(study, frozen._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def _retry_slot(study: optuna.Study, frozen: optuna.trial.FrozenTrial, **attrs: Any) -> None:
+    """Give a lost trial's budget slot back: an identical WAITING trial (same configuration, slot)."""
+    fixed = frozen.system_attrs.get("fixed_params", {})
+    study.enqueue_trial(dict(fixed), user_attrs={"regimetry_budget_slot": True, "slot": frozen.user_attrs.get("slot"),
+                                                 "retry_of": frozen.number, **attrs})
+
+
+def recover_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Retry at once the RUNNING trials whose owner process on this host is gone (``kill -9``, OOM).
+
+    Each such trial becomes FAIL with the user attribute ``stale`` (counted apart by
+    :func:`budget_counts`, never as a failure) and an identical WAITING trial takes its budget slot,
+    so the budget still reads n/n. Trials of live processes and of other hosts are left to the
+    storage heartbeat (RDB storages: failed after the grace period and retried).
+
+    Returns:
+        The numbers of the trials recovered.
+    """
+    storage = study._storage
+    recovered = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not processes.owner_is_dead(frozen.system_attrs.get(OWNER_ATTR)):
+            continue
+        try:
+            storage.set_trial_user_attr(frozen._trial_id, "stale", True)
+            if not storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process recovered it first
+        _retry_slot(study, frozen)
+        recovered.append(frozen.number)
+    if recovered:
+        logger.info("%s: retrying trial(s) %s of a process that is gone", study.study_name, recovered)
+    return recovered
 
 
 def budget_counts(study: optuna.Study) -> dict[str, int]:
@@ -770,8 +810,7 @@ def _run_trial(ctx: _WorkerContext, study: optuna.Study, trial: optuna.Trial, ar
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         if run_id is not None:
             tracking.set_tags({"optuna_state": "FAIL", "interrupted": "true"}, run_id=run_id)
-        fixed = study._storage.get_trial(trial._trial_id).system_attrs.get("fixed_params", {})
-        study.enqueue_trial(dict(fixed), user_attrs={"regimetry_budget_slot": True, "retry_of": trial.number})
+        _retry_slot(study, study._storage.get_trial(trial._trial_id))
         raise
     finally:
         heartbeat.stop()
@@ -830,6 +869,7 @@ def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> N
         study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
                              direction=study_direction(ctx.ablation),
                              data_key=study_key(ctx.ablation, arm, ctx.data_config), space=ctx.ablation.nuisance)
+        recover_orphaned_trials(study)
         optuna.storages.fail_stale_trials(study)
         arm_splits = apply_arm_to_splits(arm, tuning_blocks, ctx.options.seed)
         while True:
@@ -1134,6 +1174,9 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
     # Open (and so validate) the storage too, creating its schema once before any worker starts:
     # a bad --storage fails here, before any MLflow run exists.
     resolve_storage(storage_url)
+    ended = tracking.end_orphaned_runs(ablation.name, tracking_uri=tracking_uri)
+    if ended:
+        print(f"== {ablation.name}: ended {len(ended)} MLflow run(s) KILLED whose process is gone", flush=True)
     parent_tags = {
         "stage": "study", "dataset": config.dataset_name, "scientific": ablation.scientific,
         "optuna_storage": redact_url(storage_url),
@@ -1162,6 +1205,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
             _run_parallel(options.jobs, _worker_process, [(ctx, names, tracking_uri)] * options.jobs, ctx, names)
         if options.stage == "tune":
             return {}
+        check_budget_complete(resolve_storage(storage_url), ctx, arm_list)
 
         print(f"== {ablation.name}: confirming best configurations ({budget.folds} blocks x {budget.seeds} seeds)",
               flush=True)
@@ -1192,6 +1236,34 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
 
 class NoCompleteTrial(RuntimeError):
     """An arm's study has no COMPLETE trial, so there is no configuration to confirm."""
+
+
+class BudgetIncomplete(RuntimeError):
+    """An arm's tuning budget is not finished (trials still waiting or running elsewhere), so no
+    verdict may be printed: comparing arms tuned with unequal budgets is not the experiment."""
+
+
+def check_budget_complete(storage, ctx: "_WorkerContext", arm_list: Sequence[Arm]) -> None:
+    """Recover the trials of dead processes, then require every arm's budget to read n/n.
+
+    Raises:
+        BudgetIncomplete: naming each short arm with its WAITING and RUNNING counts.
+    """
+    short = []
+    for arm in arm_list:
+        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
+                             direction=study_direction(ctx.ablation),
+                             data_key=study_key(ctx.ablation, arm, ctx.data_config), space=ctx.ablation.nuisance)
+        recover_orphaned_trials(study)
+        counts = budget_counts(study)
+        done, total = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"], int(study.user_attrs["budget"])
+        if done < total:
+            short.append(f"{arm.name} {done}/{total} ({counts['RUNNING']} running, {counts['WAITING']} waiting)")
+    if short:
+        raise BudgetIncomplete(
+            f"the tuning budget is not finished: {'; '.join(short)}; no verdict is printed on a short budget. "
+            "Re-run the same command to finish it (trials running in another live process finish there; "
+            "then run --stage confirm)")
 
 
 class ReportFailed(RuntimeError):
@@ -1527,7 +1599,7 @@ def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (ReportFailed, NoCompleteTrial) as exc:
+    except (ReportFailed, NoCompleteTrial, BudgetIncomplete) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -51,9 +51,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from regimetry import processes
 from regimetry.config import redact_url
 
 __all__ = [
+    "OWNER_TAG",
+    "end_orphaned_runs",
     "DEFAULT_TRACKING_URI",
     "ActiveRun",
     "artifact_root_for",
@@ -78,6 +81,8 @@ __all__ = [
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Param values longer than this go to a JSON artifact ``params/<key>.json`` instead.
 LONG_PARAM_CHARS = 250
+#: Tag on every run: JSON ``{"host", "pid", "start"}`` of the process that opened it.
+OWNER_TAG = "regimetry.owner"
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -306,6 +311,8 @@ def run(
     """
     experiment_id = get_experiment_id(experiment, tracking_uri)
     clean_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    # who opened the run: a later process on this host ends it KILLED if this one dies (end_orphaned_runs)
+    clean_tags.setdefault(OWNER_TAG, json.dumps(processes.owner()))
     current = mlflow.active_run()
     if parent_run_id is not None and (current is None or current.info.run_id != parent_run_id):
         # A parent that is not the active run (another process's run): create the run with the
@@ -768,6 +775,34 @@ def search_runs(
         experiment_ids=ids, filter_string=filter_string, run_view_type=view,
         order_by=list(order_by) if order_by else None, output_format="pandas",
     ))
+
+
+def end_orphaned_runs(experiment: str, tracking_uri: str | None = None) -> list[str]:
+    """End ``KILLED`` every RUNNING run of ``experiment`` whose owner process on this host is gone.
+
+    A process killed with ``kill -9`` (or by the OOM killer) cannot end its runs; the next process
+    that works on the experiment calls this, so no run stays RUNNING forever. Runs of live
+    processes, of other hosts and without an owner tag are left alone.
+
+    Returns:
+        The ids of the runs ended.
+    """
+    runs = search_runs(experiment, "attributes.status = 'RUNNING'", tracking_uri=tracking_uri)
+    column = f"tags.{OWNER_TAG}"
+    if runs.empty or column not in runs:
+        return []
+    ended = []
+    client = _client()
+    for run_id, record in zip(runs["run_id"], runs[column]):
+        try:
+            owner = json.loads(record) if isinstance(record, str) else None
+        except json.JSONDecodeError:
+            owner = None
+        if processes.owner_is_dead(owner):
+            _retry(lambda r=run_id: client.set_tag(r, "ended_by", "end_orphaned_runs: owner process gone"))
+            _retry(lambda r=run_id: client.set_terminated(r, "KILLED"))
+            ended.append(run_id)
+    return ended
 
 
 def run_status(run_id: str, tracking_uri: str | None = None) -> str:
