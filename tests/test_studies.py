@@ -312,16 +312,50 @@ def _trial_table(root):
     return out
 
 
-def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(tmp_path):
+def _fresh_postgres_database(url: str) -> str:
+    """A new, empty database on the test cluster (one per test: studies never collide)."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _storage_url(kind: str, root: Path, request) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{root}/optuna.db"
+    if kind == "journal":
+        return f"journal:///{root}/optuna.log"
+    return _fresh_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+def _running_trials(storage_url: str) -> list:
+    try:
+        storage = studies.resolve_storage(storage_url)
+        return [t for s in optuna.get_all_study_summaries(storage)
+                for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+                if t.state.name == "RUNNING" and studies.OWNER_ATTR in t.system_attrs]
+    except Exception:  # noqa: BLE001 - the storage may not exist yet
+        return []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgres"])
+def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(kind, tmp_path, request):
     """Issue 14: a worker killed with SIGKILL leaves a RUNNING trial and RUNNING MLflow runs. An
     immediate re-run recognises the dead owner (same host, pid gone), retries the trial at once
-    without counting it as a failure, ends the dead runs KILLED and gives the uninterrupted result."""
+    without counting it as a failure, ends the dead runs KILLED and (sqlite: checked against an
+    uninterrupted run) gives the same trials."""
     import signal
     import time
 
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     killed.mkdir(), clean.mkdir()
+    storage_url = _storage_url(kind, killed, request)
     args = _args(killed, "--paths", "1")
+    args[args.index("--storage") + 1] = storage_url
     script = killed / "run.py"
     script.write_text(_KILLABLE.format(tests=str(Path(__file__).parent), args=args))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, start_new_session=True,
@@ -329,14 +363,7 @@ def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                storage = studies.resolve_storage(f"sqlite:///{killed}/optuna.db")
-                running = [t for s in optuna.get_all_study_summaries(storage)
-                           for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
-                           if t.state.name == "RUNNING" and studies.OWNER_ATTR in t.system_attrs]
-            except Exception:  # noqa: BLE001 - the database may not exist yet
-                running = []
-            if running:
+            if _running_trials(storage_url):
                 time.sleep(1.0)  # inside the trial's training
                 break
             time.sleep(0.2)
@@ -349,18 +376,46 @@ def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(
     assert "RUNNING" in set(before["status"])  # what kill -9 leaves behind
 
     assert studies.main(_tiny(), args) == 0  # immediately, no grace period
+    storage = studies.resolve_storage(storage_url)
     for arm in ("mean", "last"):
-        counts = studies.budget_counts(_study(killed, f"tiny_ablation/{arm}"))
+        counts = studies.budget_counts(optuna.load_study(study_name=f"tiny_ablation/{arm}", storage=storage))
         assert counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] == 3, (arm, counts)
         assert counts["RUNNING"] == counts["WAITING"] == 0 and counts["FAIL"] == 0, (arm, counts)
     runs = _runs(killed, "tiny_ablation")
     assert "RUNNING" not in set(runs["status"])
     ended = runs[runs["tags.ended_by"].notna()] if "tags.ended_by" in runs else runs.iloc[0:0]
     was_running = set(before.loc[before["status"] == "RUNNING", "run_id"])
-    assert set(ended["run_id"]) == was_running and set(ended["status"]) == {"KILLED"}, (before[["run_id", "status", "tags.stage"]], ended[["run_id", "tags.stage"]])
-    # the same result as a run that was never interrupted
-    assert studies.main(_tiny(), _args(clean, "--paths", "1")) == 0
-    assert _trial_table(killed) == _trial_table(clean)
+    assert set(ended["run_id"]) == was_running and set(ended["status"]) == {"KILLED"}
+    if kind == "sqlite":  # the same result as a run that was never interrupted
+        assert studies.main(_tiny(), _args(clean, "--paths", "1")) == 0
+        assert _trial_table(killed) == _trial_table(clean)
+
+
+def test_postgres_two_simultaneous_tuning_processes_then_confirm(postgres_url, tmp_path):
+    """Issue 14: several machines share one PostgreSQL: two processes tune at once and finish
+    exactly the budget with the same configuration per slot in every arm; a confirm stage follows."""
+    storage_url = _fresh_postgres_database(postgres_url)
+    args = _args(tmp_path, "--paths", "1")
+    args[args.index("--storage") + 1] = storage_url
+    script = tmp_path / "tune.py"
+    script.write_text(_KILLABLE.format(tests=str(Path(__file__).parent), args=[*args, "--stage", "tune"]))
+    procs = [subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    storage = studies.resolve_storage(storage_url)
+    slots = {}
+    for arm in ("mean", "last"):
+        study = optuna.load_study(study_name=f"tiny_ablation/{arm}", storage=storage)
+        counts = studies.budget_counts(study)
+        assert counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] == 3 and counts["RUNNING"] == 0, counts
+        slots[arm] = sorted((t.user_attrs["slot"], tuple(sorted(t.params.items()))) for t in study.trials)
+    assert slots["mean"] == slots["last"]
+    assert studies.main(_tiny(), [*args, "--stage", "confirm"]) == 0
+    runs = _runs(tmp_path, "tiny_ablation")
+    # one synthetic path (--paths 1) x 1 seed per arm
+    assert "RUNNING" not in set(runs["status"]) and len(runs[runs["tags.stage"] == "confirm"]) == 2
 
 
 def test_a_short_budget_never_prints_verdicts(tmp_path, capsys):
