@@ -97,6 +97,18 @@ def _encode(get: Callable[[str], keras.layers.Layer | None], windows, return_sco
     return pooled, scores
 
 
+#: Registry: positional encoding name -> ``factory(config, window_size)`` returning the layer (named
+#: ``positional_encoding``) or ``None``. ``ModelConfig`` validates against
+#: ``regimetry.config.POSITIONAL_ENCODINGS``; ``tests/test_models.py`` checks that both name the same
+#: encodings, so a new encoding is one layer, one line here and one name there.
+POSITIONAL_ENCODING_LAYERS: dict[str, Callable[[ModelConfig, int], keras.layers.Layer | None]] = {
+    "sinusoidal": lambda config, window_size: SinusoidalPositionalEncoding(
+        style=config.encoding_style, max_wavelength=config.max_wavelength, name="positional_encoding"),
+    "learnable": lambda config, window_size: LearnablePositionalEmbedding(window_size, name="positional_encoding"),
+    "none": lambda config, window_size: None,
+}
+
+
 def build_classifier(config: ModelConfig, window_size: int, num_features: int, num_classes: int,
                      feature_names=None) -> keras.Model:
     """Build (do not compile) the Transformer regime classifier described by ``config``.
@@ -140,12 +152,12 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
             config.pooling, cls_position="last" if causal else "first", name="pooling"
         ),
     }
-    if config.positional_encoding == "sinusoidal":
-        layers["positional_encoding"] = SinusoidalPositionalEncoding(
-            style=config.encoding_style, max_wavelength=config.max_wavelength, name="positional_encoding"
-        )
-    elif config.positional_encoding == "learnable":
-        layers["positional_encoding"] = LearnablePositionalEmbedding(window_size, name="positional_encoding")
+    if config.positional_encoding not in POSITIONAL_ENCODING_LAYERS:
+        raise ValueError(f"ModelConfig.positional_encoding: {config.positional_encoding!r} has no layer in "
+                         f"regimetry.models.POSITIONAL_ENCODING_LAYERS {sorted(POSITIONAL_ENCODING_LAYERS)}")
+    encoding = POSITIONAL_ENCODING_LAYERS[config.positional_encoding](config, window_size)
+    if encoding is not None:
+        layers["positional_encoding"] = encoding
     if config.pooling == "cls":
         layers["cls_token"] = ClsToken(position="last" if causal else "first", name="cls_token")
     for i in range(config.num_layers):

@@ -355,3 +355,21 @@ def test_centered_encoder_with_har_shortcut_round_trips_and_reads_only_the_named
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
     assert embed(loaded, x).shape == (BATCH, 8)
+
+
+def test_config_names_and_builder_registries_agree():
+    """Issue 13: a name that passes config validation always builds (no silent fall-through)."""
+    from regimetry import config as C
+    from regimetry import models
+    from regimetry.layers.pooling import POOLING_MODES
+
+    assert set(models.POSITIONAL_ENCODING_LAYERS) == set(C.POSITIONAL_ENCODINGS)
+    assert set(POOLING_MODES) == set(C.POOLINGS)
+    for name in C.POSITIONAL_ENCODINGS:
+        model = models.build_classifier(C.ModelConfig(positional_encoding=name, d_model=8, num_heads=2, ff_dim=8,
+                                                      num_layers=1), window_size=5, num_features=3, num_classes=3)
+        assert ("positional_encoding" in [layer.name for layer in model.layers]) == (name != "none")
+    fake = C.ModelConfig(d_model=8, num_heads=2, ff_dim=8, num_layers=1)
+    object.__setattr__(fake, "positional_encoding", "tape")  # as if config listed a name with no layer
+    with pytest.raises(ValueError, match="'tape' has no layer in regimetry.models.POSITIONAL_ENCODING_LAYERS"):
+        models.build_classifier(fake, window_size=5, num_features=3, num_classes=3)
