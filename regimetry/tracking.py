@@ -81,6 +81,9 @@ __all__ = [
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Param values longer than this go to a JSON artifact ``params/<key>.json`` instead.
 LONG_PARAM_CHARS = 250
+#: Experiment tags: MLflow 3's UI opens an experiment of kind ``custom_model_development`` on its
+#: training runs (not on the GenAI traces overview).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 #: Tag on every run: JSON ``{"host", "pid", "start"}`` of the process that opened it.
 OWNER_TAG = "regimetry.owner"
 _MAX_PARAMS_PER_BATCH = 100
@@ -227,7 +230,7 @@ def get_experiment_id(name: str, tracking_uri: str | None = None) -> str:
         root = artifact_root_for(uri)
         location = f"{root}/{name}" if root else None
         try:
-            return _retry(lambda: client.create_experiment(name, artifact_location=location))
+            return _retry(lambda: client.create_experiment(name, artifact_location=location, tags=dict(EXPERIMENT_TAGS)))
         except MlflowException as exc:
             if "already exists" not in str(exc).lower() and "unique" not in str(exc).lower():
                 raise
@@ -236,6 +239,9 @@ def get_experiment_id(name: str, tracking_uri: str | None = None) -> str:
         raise ValueError(
             f"experiment {name!r} was deleted; restore it (mlflow experiments restore) or pick another name"
         )
+    for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
+        if experiment.tags.get(key) is None:
+            _retry(lambda k=key, v=value: client.set_experiment_tag(experiment.experiment_id, k, v))
     return experiment.experiment_id
 
 

@@ -215,3 +215,16 @@ def test_quick_model_is_a_keras_file_that_loads(tracking_uri, one_epoch):
     loaded = tracking.load_model(active.run_id)
     np.testing.assert_array_equal(loaded.predict(random_splits.val.X, verbose=0),
                                   result.model.predict(random_splits.val.X, verbose=0))
+
+
+def test_experiments_open_on_their_training_runs_in_mlflow_3(tracking_uri):
+    """Issue 16: the experiment kind tag makes MLflow 3's UI show the runs table, not GenAI traces."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = tracking.get_experiment_id("kind_check")
+    assert MlflowClient(tracking_uri).get_experiment(experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development"
+    # an experiment created elsewhere without the tag gets it on first use
+    other = MlflowClient(tracking_uri).create_experiment("made_by_hand")
+    tracking.get_experiment_id("made_by_hand")
+    assert MlflowClient(tracking_uri).get_experiment(other).tags["mlflow.experimentKind"] == "custom_model_development"
