@@ -760,7 +760,8 @@ def _run_trial(ctx: _WorkerContext, study: optuna.Study, trial: optuna.Trial, ar
     state = TrialState.FAIL
     run_id = None
     try:
-        with tracking.run(ctx.ablation.name, run_name=f"{arm.name}/trial-{trial.number}",
+        # short names: the arm is the parent run (and a tag), so MLflow's table never cuts them
+        with tracking.run(ctx.ablation.name, run_name=f"trial {trial.number}",
                           parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
             run_id = active.run_id
             try:
@@ -931,7 +932,7 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
     train_cfg = train_cfg.replace(seed=seed)
     training.set_global_seed(seed)
     tags = {"stage": "confirm", "arm": arm.name, "seed": str(seed), "fold": str(block_index)}
-    with tracking.run(ctx.ablation.name, run_name=f"{arm.name}/confirm-fold{block_index}-seed{seed}",
+    with tracking.run(ctx.ablation.name, run_name=f"fold{block_index}/seed{seed}",
                       parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
         result = training.fit(splits, model_cfg, train_cfg)
         # The full MLflow model flavour costs 4-8 s a run (benchmarks/README.md), about a fifth of the

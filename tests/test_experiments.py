@@ -55,8 +55,11 @@ def _check_protocol(experiment, uri, storage, arms, trials, blocks, seeds):
             expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[run["tags.optuna_state"]]
             assert run["status"] == expected
             assert study.trials[int(run["tags.optuna_trial"])].state.name == run["tags.optuna_state"]
+        assert set(trial_runs["tags.mlflow.runName"]) == {f"trial {n}" for n in trial_runs["tags.optuna_trial"]}
         confirm = runs[(runs["tags.stage"] == "confirm") & (runs["tags.arm"] == arm)]
         assert len(confirm) == blocks * seeds
+        assert set(confirm["tags.mlflow.runName"]) == {f"fold{f}/seed{s}" for f, s in
+                                                        zip(confirm["tags.fold"], confirm["tags.seed"])}
         assert confirm["metrics.test/balanced_accuracy"].notna().all()
         assert set(confirm["tags.fold"].astype(int)) == set(range(blocks))
         arm_run = arm_runs[arm_runs["tags.arm"] == arm].iloc[0]
