@@ -348,6 +348,10 @@ class DataConfig(_ConfigBase):
             are read as local times of that zone, and aware ones are checked against it. Without
             it, a file whose offsets differ only by daylight saving (two offsets one hour apart,
             changing a few times a year) loads as one zone. Either way the index is stored in UTC.
+        leakage_check: the leakage audit of a CSV's numeric and boolean input columns
+            (``regimetry.data.audit``: a column that future returns explain, such as a ``shift(-1)``
+            return or a centred rolling volatility): ``"warn"`` (default, a
+            ``RegimetryDataWarning`` naming the column and the evidence), ``"error"`` or ``"off"``.
         synthetic_bars / synthetic_seed: length and seed of the simulated path (for a control
             task: ``synthetic_bars // window_size`` independent segments of ``window_size`` bars).
     """
@@ -379,6 +383,7 @@ class DataConfig(_ConfigBase):
     synthetic_seed: int = 0
     label_buckets: int | None = None
     timezone: str | None = None
+    leakage_check: str = "warn"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -414,6 +419,8 @@ class DataConfig(_ConfigBase):
             if not self.resolved_target.startswith("column:"):
                 raise _err(name, "label_buckets", f"buckets a CSV label column: needs target='column:<name>', "
                                                   f"got target={self.resolved_target!r}")
+        if self.leakage_check not in ("warn", "error", "off"):
+            raise _err(name, "leakage_check", f"expected 'warn', 'error' or 'off', got {self.leakage_check!r}")
         if self.timezone is not None:
             try:
                 zoneinfo.ZoneInfo(str(self.timezone))

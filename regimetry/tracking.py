@@ -590,6 +590,7 @@ def log_training_run(
         **git_info(), **version_tags(),
         "dataset": data_config.dataset_name, "data_fingerprint": splits.fingerprint,
         "seed": seed, "stage": stage, "arm": arm,
+        **_audit_tags(splits.extras.get("leakage_audit")),
     }, run_id=run_id)
     params: dict[str, Any] = {}
     for cfg in (data_config, model_config, train_config):
@@ -633,6 +634,15 @@ def log_training_run(
         _log_attention(result.model, splits, run_id)
     _log_model(result.model, splits, run_id, full_model=full_model)
     return final
+
+
+def _audit_tags(audit: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
+    """``leakage_flags``: the CSV columns the leakage audit flagged (``none``), when it ran."""
+    if not audit:
+        return {}
+    flagged = [f"{a['column']} (partial R2 {a['partial_r2']:.2f})" for a in audit if a.get("flagged")]
+    return {"leakage_flags": "; ".join(flagged)[:4900] if flagged else "none",
+            "leakage_audited_columns": str(sum(1 for a in audit if not a.get("note")))}
 
 
 def _log_attention(model, splits, run_id: str) -> None:

@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from regimetry.config import DataConfig
+from regimetry.data import audit as _audit
 from regimetry.data import labels as _labels
 from regimetry.data.features import compute_features
 from regimetry.data.preprocessing import Preprocessor
@@ -389,7 +390,7 @@ def prepare(config: DataConfig, source: SourceData | None = None) -> Splits:
     """
     base = _build_base(config, source)
     train, val, test = split_positions(base.candidates, base.source.bars.index, config)
-    return _assemble(base, train, val, test, fold=None)
+    return _assemble(base, train, val, test, fold=None, extras=_audit_inputs(base, train))
 
 
 def prepare_folds(config: DataConfig, source: SourceData | None = None) -> list[Splits]:
@@ -408,4 +409,28 @@ def prepare_folds(config: DataConfig, source: SourceData | None = None) -> list[
     folds, period = fold_positions(base.candidates, index, config)
     info = {"folds": {"period_start": index[int(period[0])], "period_end": index[int(period[-1])],
                       "num_folds": config.num_folds}}
+    info.update(_audit_inputs(base, folds[0][0]))  # the first fold's training period precedes every test block
     return [_assemble(base, *parts, fold=k, extras=info) for k, parts in enumerate(folds)]
+
+
+def _audit_inputs(base: _Base, train: np.ndarray) -> dict[str, Any]:
+    """The leakage audit (:mod:`regimetry.data.audit`) of a CSV's numeric and boolean input columns
+    on the training period's bars: a ``RegimetryDataWarning`` (or, with ``leakage_check="error"``,
+    a ValueError) per flagged column; ``{"leakage_audit": [...]}`` for ``Splits.extras``."""
+    config, source = base.config, base.source
+    columns = [c for c, kind in source.kinds.items() if kind in ("numeric", "boolean")]
+    if config.leakage_check == "off" or config.source != "csv" or not columns:
+        return {}
+    end = int(train[-1]) + 1
+    inputs = source.inputs.iloc[:end][columns].apply(pd.to_numeric, errors="coerce")
+    results = _audit.leakage_audit(inputs, source.bars["log_return"].iloc[:end], config.horizon)
+    flagged = [a for a in results if a.flagged]
+    if flagged:
+        message = (f"{source.name}: input column(s) look into the future: "
+                   + "; ".join(a.evidence for a in flagged)
+                   + " (regimetry.data.audit; exclude them with DataConfig.exclude_columns, or set "
+                     "data.leakage_check=off if you are sure)")
+        if config.leakage_check == "error":
+            raise ValueError(message)
+        warnings.warn(message, RegimetryDataWarning, stacklevel=3)
+    return {"leakage_audit": [dataclasses.asdict(a) for a in results]}
