@@ -243,12 +243,20 @@ def _to_html(notebook: Path, html: Path, quiet: bool = False) -> None:
     from nbconvert import HTMLExporter
 
     try:
-        body, _ = HTMLExporter().from_filename(str(notebook))
+        # code stays in the executed .ipynb; the HTML reads like a paper (outputs only)
+        body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                               exclude_output_prompt=True).from_filename(str(notebook))
     except Exception:  # noqa: BLE001 - a failed conversion of a failed notebook must not hide its error
         if quiet:
             return
         raise
     html.write_text(body, encoding="utf-8")
+
+
+def _status_text(status: Any) -> str:
+    if status == "RUNNING":  # the harness renders its report before it closes its parent run
+        return "running while this report was rendered: the run renders its own report, then closes"
+    return str(status)
 
 
 def _absolute_url(url: str | None) -> str | None:
@@ -623,7 +631,7 @@ def protocol(runs: AblationRuns) -> dict[str, Any]:
         ("dataset", runs.tag("dataset", "not recorded")),
         ("budget", ", ".join(f"{k}={v}" for k, v in budget.items()) or "not recorded"),
         ("seed", runs.tag("seed", "not recorded")),
-        ("parent run", f"{runs.parent_run_id} ({p.get('status')}, started {p.get('start_time')})"),
+        ("parent run", f"{runs.parent_run_id} ({_status_text(p.get('status'))}, started {p.get('start_time')})"),
         ("wall time (s)", runs.tag("wall_seconds", "not recorded")),
         ("Optuna studies", ", ".join(json.loads(studies)) if studies else "not recorded"),
         ("Optuna storage", runs.tag("optuna_storage", "not recorded")),

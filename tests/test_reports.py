@@ -178,6 +178,9 @@ def test_ablation_report_executes_writes_html_and_logs_to_parent(fake_store, tmp
     assert "100% of trials failed" in html and "upper edge" in html
     assert "data:image/png;base64" in html
     assert html.count("data:image/png") >= 6  # strip plot, history, importances, curves, attention, confusion
+    # issue 16: the HTML reads like a paper (no code); the .ipynb keeps the code
+    assert "reports.arm_summary(" not in html and "import math" not in html
+    assert "reports.arm_summary(" in paths.notebook.read_text()
     # The stored notebook keeps the parameters papermill injected.
     book = nbformat.read(paths.notebook, as_version=4)
     injected = [c for c in book.cells if "injected-parameters" in c.metadata.get("tags", [])]
