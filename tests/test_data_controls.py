@@ -91,6 +91,13 @@ def test_event_order_paired_draws_share_the_multiset_and_flip_the_label():
     np.testing.assert_array_equal(paired[:, -1], X[:, -1])  # the query step is untouched
     # positions are uniform: both orders equally likely
     assert abs(batch.y.mean() - 0.5) < 0.08
+    # both markers sit in the half of the window that the 04 padding arm's truncation always keeps
+    # (min_window_fraction 0.5): truncation can never leave a lone marker that gives the order away
+    keep = int(np.ceil(0.5 * W))
+    assert a.min() >= W - keep and b.min() >= W - keep
+    assert set(np.concatenate([a, b])) == set(range(W - keep, W - 1))  # every allowed position is used
+    with pytest.raises(ValueError, match="window_size >= 5"):
+        C.sample_event_order(10, 4, np.random.default_rng(0))
 
 
 def test_induction_query_occurs_twice_and_label_is_the_successor():

@@ -44,7 +44,11 @@ The four controls (``CONTROLS``; ``W`` = window size, ``C`` = channels, ``K`` = 
 
 ``event_order`` (04 mask; W 16, C 5, K 2, chance .5, ceiling 1)
     Marker ``A`` and marker ``B`` (noise-free indicator channels) at distinct uniform positions in
-    ``0..W-2``; the last step is the query step (``query = 1``), the same in both classes; two noise
+    the second half of the window, ``W - ceil(W/2) .. W-2``, so that the padding arm's truncation
+    (04 shortens windows to at least half their length, cutting the oldest steps) never removes a
+    marker: with markers anywhere in ``0..W-2`` (the first proof run, git ``00a0df1``) a lone ``B``
+    meant that ``A`` had been cut off first, the padding arm read the order from that and reached
+    .675 instead of chance. The last step is the query step (``query = 1``), the same in both classes; two noise
     channels ``N(0, 1)`` on every step. Label: 1 (``a_before_b``) if ``A`` comes first. Swapping the
     two marker steps (whole step vectors) flips the label and keeps the multiset of steps, so an
     unmasked encoder without positional encoding and with last-step pooling, being invariant to the
@@ -94,6 +98,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -295,9 +300,11 @@ def sample_event_order(n: int, window_size: int, rng: np.random.Generator, *,
         ``info["pos_a"]``, ``info["pos_b"]``.
     """
     n = _check_n(n)
-    W = _check_window("event_order", window_size, 3)
-    pos_a = rng.integers(0, W - 1, size=n)
-    pos_b = (pos_a + rng.integers(1, W - 1, size=n)) % (W - 1)  # uniform on 0..W-2 minus pos_a
+    W = _check_window("event_order", window_size, 5)  # two distinct positions in the second half
+    start = W - math.ceil(W / 2)  # the half that every truncated window keeps
+    span = W - 1 - start  # candidate positions start..W-2
+    pos_a = start + rng.integers(0, span, size=n)
+    pos_b = start + (pos_a - start + rng.integers(1, span, size=n)) % span  # uniform on the span minus pos_a
     X = np.zeros((n, W, 3 + noise_channels))
     rows = np.arange(n)
     X[rows, pos_a, 0] = 1.0
