@@ -715,11 +715,56 @@ def fold_results(runs: AblationRuns, metric: str = "balanced_accuracy") -> pd.Da
         if not math.isnan(pooled):
             series["pooled"] = pooled
         columns[arm] = series
+    # the references (HAR-RV, persistence) on the same windows, refitted per fold
+    per_fold = runs.csv(runs.parent_run_id, "summary/per_fold.csv")
+    references = runs.csv(runs.parent_run_id, "summary/references.csv")
+    if per_fold is not None and {"arm", "fold", metric} <= set(per_fold.columns):
+        for name in [a for a in per_fold["arm"].unique() if a not in columns]:
+            rows = per_fold[per_fold["arm"] == name]
+            series = {f"fold {int(f)}": float(v) for f, v in zip(rows["fold"], rows[metric]) if pd.notna(v)}
+            if references is not None and "model" in references and f"{metric}_pooled" in references:
+                pooled = references.loc[references["model"] == name, f"{metric}_pooled"]
+                if len(pooled) and pd.notna(pooled.iloc[0]):
+                    series["pooled"] = float(pooled.iloc[0])
+            if series:
+                columns[f"{name} (reference)"] = series
     frame = pd.DataFrame(columns)
     if frame.empty:
         return None
     order = sorted((i for i in frame.index if i != "pooled"), key=lambda s: int(s.split()[1]))
     return frame.reindex(order + (["pooled"] if "pooled" in frame.index else []))
+
+
+def fold_figure(folds: pd.DataFrame | None, metric: str = "balanced_accuracy"):
+    """Grouped bars: the test ``metric`` per fold (and pooled) for every arm, references hatched grey,
+    legend outside the data. ``folds`` from :func:`fold_results`; ``None`` when there is nothing."""
+    from matplotlib.figure import Figure
+
+    if folds is None or folds.empty:
+        return None
+    names = list(folds.columns)
+    fig = Figure(figsize=(1.2 + 1.1 * len(folds.index) * max(1, len(names)) / 4, 3.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(names)
+    colors = iter(matplotlib_colors(sum(1 for n in names if not n.endswith("(reference)"))))
+    for j, name in enumerate(names):
+        reference = name.endswith("(reference)")
+        ax.bar([i + (j - (len(names) - 1) / 2) * width for i in range(len(folds.index))], folds[name].to_numpy(),
+               width=width, label=name, color="0.75" if reference else next(colors),
+               hatch="//" if reference else None, edgecolor="0.35" if reference else None)
+    ax.set_xticks(range(len(folds.index)), list(folds.index))
+    ax.set_ylabel(f"test {metric.replace('_', ' ')}")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return fig
+
+
+def matplotlib_colors(n: int) -> list:
+    """``n`` distinct colours (tab10, then tab20) so that arms never share one."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def differences(runs: AblationRuns, metric: str = "balanced_accuracy") -> pd.DataFrame | None:

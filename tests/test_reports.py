@@ -369,3 +369,23 @@ def test_report_of_a_real_tiny_ablation(tiny_ablation_store, tmp_path):
     assert list(summary["arm"]) == list(store["arms"])
     assert summary["mean"].notna().all() and (summary["confirm_runs"] >= 1).all()
     assert not pd.isna(summary["pooled"]).any()
+
+
+def test_per_fold_table_and_bars_carry_the_references(tmp_path):
+    """Issue 16: HAR-RV and persistence stand beside the arms in the per-fold table and chart."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.run(EXPERIMENT, run_name="parent", tracking_uri=uri, tags={"stage": "study"}) as parent:
+        with tracking.run(EXPERIMENT, run_name="alpha", parent_run_id=parent.run_id,
+                          tags={"stage": "arm", "arm": "alpha"}) as arm:
+            tracking.log_metrics({"fold0/test/balanced_accuracy": 0.5, "fold1/test/balanced_accuracy": 0.6,
+                                  "confirm/test/balanced_accuracy_pooled": 0.55}, run_id=arm.run_id)
+        tracking.log_text("arm,fold,n_test_windows,balanced_accuracy\nalpha,0,40,0.5\nalpha,1,40,0.6\n"
+                          "har_rv,0,40,0.45\nhar_rv,1,40,0.65\n", "summary/per_fold.csv")
+        tracking.log_text("model,balanced_accuracy_pooled\nhar_rv,0.55\n", "summary/references.csv")
+    folds = reports.fold_results(reports.load_ablation_runs(EXPERIMENT, uri), "balanced_accuracy")
+    assert list(folds.columns) == ["alpha", "har_rv (reference)"]
+    assert folds.loc["fold 1", "har_rv (reference)"] == 0.65 and folds.loc["pooled", "har_rv (reference)"] == 0.55
+    figure = reports.fold_figure(folds)
+    (ax,) = figure.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["alpha", "har_rv (reference)"]
+    assert len(ax.patches) == 2 * 3  # two series x (2 folds + pooled)
