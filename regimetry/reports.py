@@ -1079,18 +1079,20 @@ def histories_figure(histories: Mapping[str, Mapping[str, list[tuple[int, float]
     keys = list(dict.fromkeys(k for h in histories.values() for k in h))
     if not keys:
         return None
-    fig = Figure(figsize=(3.3 * len(keys) + 0.6, 2.8), layout="constrained")
+    fig = Figure(figsize=(3.3 * len(keys) + 2.2, 2.8), layout="constrained")
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    colors = dict(zip(histories, matplotlib_colors(len(histories))))  # one colour per run, never reused
     for ax, key in zip(axes, keys):
         for label, series in histories.items():
             if key in series:
                 steps, values = zip(*series[key])
-                ax.plot(steps, values, marker=".", lw=1, label=label)
+                ax.plot(steps, values, marker=".", lw=1, label=label, color=colors[label])
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=6, frameon=False)  # never over the curves
     if title:
         fig.suptitle(title)
     return fig

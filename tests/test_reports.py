@@ -389,3 +389,13 @@ def test_per_fold_table_and_bars_carry_the_references(tmp_path):
     (ax,) = figure.axes
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["alpha", "har_rv (reference)"]
     assert len(ax.patches) == 2 * 3  # two series x (2 folds + pooled)
+
+
+def test_training_curves_have_one_colour_per_run_and_the_legend_outside():
+    """Issue 16: 15 confirmation runs drew in repeating colours under a legend covering them."""
+    histories = {f"fold{f}/seed{s}": {"train/loss": [(0, 1.0), (1, 0.9)], "val/loss": [(0, 1.1), (1, 1.0)]}
+                 for f in range(5) for s in range(3)}
+    figure = reports.histories_figure(histories)
+    colors = {tuple(line.get_color()) for line in figure.axes[0].lines}
+    assert len(colors) == 15
+    assert all(ax.get_legend() is None for ax in figure.axes) and len(figure.legends) == 1
