@@ -31,6 +31,7 @@ __all__ = [
     "load_yaml",
     "parse_overrides",
     "has_password",
+    "one_line",
     "redact_url",
 ]
 
@@ -184,6 +185,14 @@ def has_password(url: str | None) -> bool:
     """Whether a storage / tracking URL carries credentials (``scheme://user:pw@host/...``). Only the
     network location counts: ``sqlite:///data/a@b.db`` is a file name with an ``@``, not a password."""
     return bool(url) and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+
+
+def one_line(message: object, limit: int = 400) -> str:
+    """A driver's (possibly multi-line) error message as one line: SQLAlchemy's "Background on this
+    error" link dropped, whitespace collapsed, cut at ``limit`` characters."""
+    lines = [line for line in str(message).splitlines() if not line.strip().startswith("(Background on this error")]
+    text = " ".join(" ".join(lines).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def redact_url(url: str) -> str:

@@ -60,7 +60,7 @@ from optuna.trial import TrialState
 
 from regimetry import evaluation, processes
 from regimetry.config import (CONTROL_SOURCES, SOURCES, SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig,
-                              has_password, redact_url)
+                              has_password, one_line, redact_url)
 
 logger = logging.getLogger("regimetry.studies")
 # QMCSampler, heartbeats and fail_stale_trials are stable in practice but still flagged experimental.
@@ -408,7 +408,7 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
             if not any(word in str(exc) for word in ("IntegrityError", "UNIQUE constraint", "locked", "already exists")):
                 break
             time.sleep(0.5 * (attempt + 1))
-    message = str(last_error)
+    message = one_line(last_error)
     password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2] if has_password(url) else ""
     if password:
         message = message.replace(password, "***")

@@ -52,7 +52,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from regimetry import processes
-from regimetry.config import redact_url
+from regimetry.config import one_line, redact_url
 
 __all__ = [
     "OWNER_TAG",
@@ -172,10 +172,10 @@ def configure(tracking_uri: str | None = None) -> str:
         else:
             _retry(lambda: MlflowClient(uri).search_experiments(max_results=1))
     except ImportError as exc:
-        raise ValueError(f"--tracking-uri {shown!r}: the database driver is not installed ({exc}); for "
+        raise ValueError(f"--tracking-uri {shown!r}: the database driver is not installed ({one_line(exc)}); for "
                          "postgresql:// install psycopg 3: pip install 'psycopg[binary]'") from None
     except (MlflowException, OSError) as exc:
-        raise ValueError(f"--tracking-uri {shown!r}: the MLflow store cannot be opened: {exc}") from None
+        raise ValueError(f"--tracking-uri {shown!r}: the MLflow store cannot be opened: {one_line(exc)}") from None
     _configured[uri] = uri
     return uri
 
