@@ -123,7 +123,9 @@ def test_smoke_of_each_experiment_script(script, tmp_path):
     ablation = _load(script)
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    code = studies.main(ablation, ["--smoke", "--dataset", "synthetic", "--no-report", "--jobs", "2",
+    # --jobs 1: in-process (no worker start-up with its TensorFlow import); the two-process path has its
+    # own tests (the 03 smoke run, test_studies' jobs 1 vs 2 and simultaneous-process tests)
+    code = studies.main(ablation, ["--smoke", "--dataset", "synthetic", "--no-report", "--jobs", "1",
                                    "--trials", "1", "--folds", "1", "--max-epochs", "1",
                                    "--tracking-uri", uri, "--storage", storage])
     assert code == 0
