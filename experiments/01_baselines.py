@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     common_tags = {"dataset": config.dataset_name, "evaluation": mode, "seed": args.seed, **git}
     summary: dict[str, dict[str, float]] = {}
     rows = []
+    test_preds: dict[str, np.ndarray] = {}
     with tracking.run(EXPERIMENT, run_name=f"{config.dataset_name}-{mode}", tracking_uri=args.tracking_uri,
                       tags={"stage": "baseline_session", **common_tags, **tracking.version_tags()}) as parent:
         parent.log_params({**config.flat(), "evaluation": mode, "baselines": ",".join(names),
@@ -211,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                     metrics.update({f"{split}/{key}": float(v) for key, v in pooled[split]["eval"].metrics.items()})
                 metrics["time/fit_seconds"] = float(sum(r.fit_seconds for r in results))
                 test = pooled["test"]
+                test_preds[name] = test["pred"]
+                y_test = test["y"]
                 metrics.update(_bootstrap_metrics(test["y"], test["pred"], test["probs"], k, block, n_boot,
                                                   args.seed, "test/"))
                 child.log_params(params)
@@ -232,13 +235,44 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
                      summary[name]["log_loss"], time.perf_counter() - t1)
         table = pd.DataFrame(rows)
         tracking.log_text(table.to_csv(index=False, float_format="%.4f"), "summary.csv")
+        differences = _paired_differences(test_preds, y_test, k, block, n_boot, args.seed)
+        if len(differences):
+            tracking.log_text(differences.to_csv(index=False, float_format="%.4f"), "differences.csv")
+            tracking.set_tags({"verdicts": " | ".join(differences["verdict"])[:4900]})
         parent.log_metrics({f"{r['baseline']}/test/balanced_accuracy": r["test/balanced_accuracy"] for r in rows})
         parent.log_metrics({"time/total_seconds": time.perf_counter() - t0})
         report_error = _report(args, config, parent.run_id)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if len(differences):
+        print("\nPaired differences (test balanced accuracy, paired block bootstrap; MDE = minimum detectable "
+              "effect, 80 % power, two-sided 5 %):")
+        print("\n".join(f"- {v}" for v in differences["verdict"]))
     if report_error:
         raise SystemExit(report_error)
     return summary
+
+
+def _paired_differences(preds: dict[str, np.ndarray], y: np.ndarray, k: int, block: int, n_boot: int,
+                        seed: int) -> pd.DataFrame:
+    """Every baseline against the references HAR-RV and persistence on the same test windows: paired
+    block-bootstrap difference of balanced accuracy with its 95 % interval, standard error, minimum
+    detectable effect (80 % power) and verdict line (``regimetry.evaluation``)."""
+    from regimetry.evaluation import paired_block_bootstrap, verdict
+
+    rows = []
+    for reference in ("har_rv", "persistence"):
+        if reference not in preds:
+            continue
+        for name, pred in preds.items():
+            if name == reference or (reference == "persistence" and name == "har_rv"):
+                continue
+            diff = paired_block_bootstrap("balanced_accuracy", y, pred, preds[reference], k, block_length=block,
+                                          n_boot=n_boot, seed=seed)
+            rows.append({"a": name, "b": reference, "metric": "balanced_accuracy", "difference": diff.estimate,
+                         "ci_low": diff.lower, "ci_high": diff.upper, "se": diff.se, "mde": diff.mde(),
+                         "detected": diff.excludes_zero(),
+                         "verdict": verdict(name, reference, "balanced_accuracy", diff)})
+    return pd.DataFrame(rows)
 
 
 def _report(args, config, parent_run_id: str) -> str | None:

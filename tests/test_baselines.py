@@ -268,3 +268,13 @@ def test_baselines_script_smoke_logs_promised_runs(tracking_uri, tmp_path, monke
     assert float(har["params.C"]) in B.C_GRID
     artifacts = tracking.list_artifacts(har["run_id"], tracking_uri=tracking_uri)
     assert {"figures/confusion_test.png", "predictions/test.csv"} <= set(artifacts)
+    # issue 12: every baseline is compared with HAR-RV and persistence, with an MDE beside each verdict
+    from pathlib import Path
+
+    parent_id = parents["run_id"].iloc[0]
+    diffs = pd.read_csv(Path(tracking.download_artifacts(parent_id, "differences.csv", tracking_uri=tracking_uri)))
+    others = set(B.BASELINES) - {"har_rv"}
+    assert set(diffs.loc[diffs["b"] == "har_rv", "a"]) == others
+    assert (diffs["mde"] > 0).all() and (diffs["ci_low"] <= diffs["difference"]).all()
+    undetected = diffs[~diffs["detected"]]
+    assert undetected["verdict"].str.contains("none larger than").all()
