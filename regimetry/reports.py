@@ -735,6 +735,23 @@ def fold_results(runs: AblationRuns, metric: str = "balanced_accuracy") -> pd.Da
     return frame.reindex(order + (["pooled"] if "pooled" in frame.index else []))
 
 
+def regimes_over_time_figure(runs: AblationRuns, arm: str):
+    """Price with the true regime shaded, and the true vs the arm's predicted regime over every test
+    block (``summary/predictions.csv`` of the parent run); ``None`` when the run did not log it."""
+    from regimetry import plots
+
+    frame = runs.csv(runs.parent_run_id, "summary/predictions.csv")
+    if frame is None or f"pred.{arm}" not in frame:
+        return None
+    frame = frame.sort_values("timestamp").drop_duplicates("timestamp")
+    index = pd.DatetimeIndex(pd.to_datetime(frame["timestamp"], utc=True, format="mixed"))
+    classes = (runs.json(runs.parent_run_id, "summary/classes.json") or {}).get("class_names")
+    price = pd.Series(frame["close"].to_numpy(), index=index) if "close" in frame else None
+    return plots.regime_timeline(index, frame["y_true"].to_numpy(int), frame[f"pred.{arm}"].to_numpy(int),
+                                 price=price, class_names=classes,
+                                 title=f"{arm}: true regime (shaded, black) and predicted regime (orange), test blocks")
+
+
 def fold_figure(folds: pd.DataFrame | None, metric: str = "balanced_accuracy"):
     """Grouped bars: the test ``metric`` per fold (and pooled) for every arm, references hatched grey,
     legend outside the data. ``folds`` from :func:`fold_results`; ``None`` when there is nothing."""

@@ -1349,6 +1349,7 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
                         stride=ctx.data_config.stride, seed=ctx.options.seed)
     if _has_ceiling(ctx.data_config):
         summary["ceilings"] = _ceiling_table(results, blocks)
+    summary["predictions"] = _predictions_frame(results, confirmations, references, blocks)
 
     # Log: arm-level metrics, parent-level tables.
     for conf, (_, row) in zip(confirmations, summary["arms"].iterrows()):
@@ -1380,6 +1381,9 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     tracking.log_text(summary["arms"].to_csv(index=False), "summary/arms.csv")
     tracking.log_text(summary["per_fold"].to_csv(index=False), "summary/per_fold.csv")
     tracking.log_text(summary["differences"].to_csv(index=False), "summary/differences.csv")
+    if len(summary["predictions"]):
+        tracking.log_text(summary["predictions"].to_csv(index=False), "summary/predictions.csv")
+        tracking.log_dict({"class_names": list(blocks[0].class_names)}, "summary/classes.json")
     if len(summary["references"]):
         tracking.log_text(summary["references"].to_csv(index=False), "summary/references.csv")
         tracking.log_metrics({f"reference/{r['model']}/test/{m}_pooled": float(r[f"{m}_pooled"])
@@ -1393,6 +1397,29 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     print()
     print(markdown, flush=True)
     return summary
+
+
+def _predictions_frame(results, confirmations: list[ArmConfirmation], references, blocks) -> pd.DataFrame:
+    """One row per test window: ``timestamp``, ``fold``, ``y_true``, ``close`` (where the data has
+    closes) and ``pred.<arm>`` (argmax of the seed-averaged probabilities) for every arm and reference;
+    the report draws the regimes over time from it."""
+    frames = []
+    for b, block in enumerate(blocks):
+        first = next((r for r in results if r["fold"] == b and "index" in r), None)
+        if first is None or not confirmations:
+            continue
+        index = pd.DatetimeIndex(first["index"])
+        frame = pd.DataFrame({"timestamp": index, "fold": b, "y_true": np.asarray(confirmations[0].y_true[b])})
+        if "close" in block.bars.columns:
+            frame["close"] = block.bars["close"].reindex(index).to_numpy()
+        for conf in confirmations:
+            frame[f"pred.{conf.arm}"] = np.asarray(conf.probs[b]).mean(axis=1).argmax(-1)
+        for reference in references:
+            pred = np.asarray(reference["per_block"][b])
+            if len(pred) == len(frame):
+                frame[f"pred.{reference['name']}"] = pred.argmax(-1) if pred.ndim == 2 else pred
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _ceiling_table(results, blocks) -> pd.DataFrame:

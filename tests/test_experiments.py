@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import re
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 
 from regimetry import studies, tracking
@@ -79,7 +81,9 @@ def _check_protocol(experiment, uri, storage, arms, trials, blocks, seeds):
 
     summary = _artifacts(parent["run_id"], uri, "summary")
     assert {"summary/summary.md", "summary/arms.csv", "summary/per_fold.csv", "summary/differences.csv",
-            "summary/verdicts.txt"} <= summary
+            "summary/verdicts.txt", "summary/predictions.csv", "summary/classes.json"} <= summary
+    predictions = pd.read_csv(io.StringIO(_read_artifact(parent["run_id"], uri, "summary/predictions.csv")))
+    assert {f"pred.{a}" for a in arms} <= set(predictions.columns) and predictions["y_true"].notna().all()
     return parent, runs
 
 
@@ -115,6 +119,7 @@ def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
     html = (report_dir / "ablation_report.html").read_text()
     for arm in arms:
         assert arm in html
+    assert "Regimes over time" in html and "har_rv (reference)" in html
 
 
 @pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation",
