@@ -401,6 +401,9 @@ class DataConfig(_ConfigBase):
                                        f"{list(CONTROL_TASKS)}, got {self.source!r}")
         if self.source == "csv" and not self.csv_path:
             raise _err(name, "csv_path", "required when source='csv'")
+        if self.csv_path and self.source != "csv":
+            raise _err(name, "csv_path", f"is read only with source='csv', but source is {self.source!r}: set "
+                                         f"data.source=csv to use {self.csv_path}, or drop csv_path")
         for field in ("horizon", "num_regimes", "window_size", "stride", "num_folds", "synthetic_bars"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -675,8 +678,8 @@ class TrainConfig(_ConfigBase):
             raise _err(name, "label_smoothing", f"must lie in [0, 1), got {self.label_smoothing!r}")
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise _err(name, "clipnorm", f"must be > 0 or None, got {self.clipnorm!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise _err(name, "seed", f"must be an integer, got {self.seed!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 32:
+            raise _err(name, "seed", f"must be an integer in [0, 2**32), got {self.seed!r}")
 
     @property
     def monitor_mode(self) -> str:

@@ -1219,9 +1219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as exc:
         print(f"error: report failed: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # bad input (experiment, store, parent id): usage error
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"report written: {paths.notebook}\n                {paths.html}")
     return 0
 

@@ -60,7 +60,7 @@ from optuna.trial import TrialState
 
 from regimetry import evaluation, processes
 from regimetry.config import (CONTROL_SOURCES, SOURCES, SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig,
-                              has_password, one_line, redact_url)
+                              has_password, one_line, parse_overrides, redact_url)
 
 logger = logging.getLogger("regimetry.studies")
 # QMCSampler, heartbeats and fail_stale_trials are stable in practice but still flagged experimental.
@@ -650,6 +650,8 @@ class RunOptions:
     arms: tuple[str, ...] | None = None
     paths: int = 3
     folds_start: str | None = None
+    #: ``data.<field>`` settings from ``--set`` (e.g. ``label_buckets``, ``timezone``), applied last.
+    data_settings: tuple[tuple[str, Any], ...] = ()
 
     def budget(self, ablation: Ablation) -> Budget:
         base = ablation.smoke_budget if self.smoke else ablation.budget
@@ -674,6 +676,7 @@ def data_config(ablation: Ablation, options: RunOptions, budget: Budget) -> Data
     if options.folds_start:
         values["folds_start"] = options.folds_start
     values.update(ablation.data_overrides())
+    values.update(dict(options.data_settings))
     if options.dataset == "synthetic":
         # The simulator's range/volume columns carry the current regime directly; the Hamilton-filter
         # ceiling sees returns only. Inputs [r, |r|] keep "fraction of the ceiling" meaningful.
@@ -1223,7 +1226,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
                 paths = reports.render_ablation_report(ablation.name, tracking_uri=tracking_uri, storage=storage_url,
                                                        parent_run_id=parent.run_id)
                 summary["report"] = paths
-                print(f"report: {paths}", flush=True)
+                print(f"== {ablation.name}: report {paths.html} (notebook {paths.notebook.name} beside it)", flush=True)
             except (reports.ReportError, ValueError) as exc:
                 # The runs and tables are complete and stay FINISHED; the failed report is flagged and
                 # the command exits non-zero so that nobody mistakes a missing report for a good one.
@@ -1584,6 +1587,10 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     parser.add_argument("--stage", choices=("all", "tune", "confirm"), default="all",
                         help="tune only (e.g. many machines on one storage), confirm only, or both")
     parser.add_argument("--arms", help="comma-separated subset of arms")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.FIELD=VALUE",
+                        help="a data setting of regimetry.config.DataConfig, e.g. data.label_buckets=3, "
+                             "data.timezone=America/New_York, data.leakage_check=error (repeatable; model and "
+                             "training settings are the experiment's, fixed or tuned, so they cannot be set)")
     parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests (< 2 minutes)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the papermill report")
     return parser
@@ -1616,11 +1623,22 @@ def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--paths: must be >= 1, got {args.paths}")
         if args.csv and args.dataset != "csv":
             raise ValueError(f"--csv {args.csv} is only read with --dataset csv (got --dataset {args.dataset})")
+        if not 0 <= args.seed < 2 ** 32:
+            raise ValueError(f"--seed: must be an integer in [0, 2**32), got {args.seed}")
+        overrides = parse_overrides(args.overrides)
+        if set(overrides) - {"data"}:
+            raise ValueError(f"--set: only data.<field> settings can be set here, got "
+                             f"{sorted(set(overrides) - {'data'})}; model and training settings are the "
+                             "experiment's (fixed or tuned)")
+        for field in overrides.get("data", {}):
+            if field in ("source", "csv_path", "target", "num_folds", "folds_start"):
+                raise ValueError(f"--set data.{field}: use the option of its own (--dataset, --csv, --target, "
+                                 "--folds, --folds-start)")
         options = RunOptions(
             dataset=args.dataset, csv=args.csv, target=args.target, trials=args.trials, max_epochs=args.max_epochs,
             seeds=args.seeds, folds=args.folds, storage=args.storage, tracking_uri=args.tracking_uri, seed=args.seed,
             smoke=args.smoke, report=args.report, jobs=args.jobs, stage=args.stage, arms=arms, paths=args.paths,
-            folds_start=args.folds_start,
+            folds_start=args.folds_start, data_settings=tuple(sorted(overrides.get("data", {}).items())),
         )
         options.budget(ablation)
         run_ablation(ablation, options)

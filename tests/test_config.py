@@ -79,3 +79,12 @@ def test_bad_dates_and_regime_counts_name_the_field(tmp_path):
     assert DataConfig.from_yaml(path).val_start == "2010-01-04"
     with pytest.raises(ValueError, match="num_regimes"):
         DataConfig(num_regimes=500)
+
+
+def test_negative_seed_and_an_unused_csv_path_are_refused():
+    """Found by a new-user check: train --set train.seed=-1 crashed after creating a run, and
+    --set data.csv_path=... on an sp500 config silently trained on the S&P 500."""
+    with pytest.raises(ValueError, match=r"TrainConfig.seed: must be an integer in \[0, 2\*\*32\), got -1"):
+        TrainConfig(seed=-1)
+    with pytest.raises(ValueError, match="csv_path: is read only with source='csv', but source is 'sp500'"):
+        DataConfig(source="sp500", csv_path="/nonexistent.csv")

@@ -193,14 +193,14 @@ def test_unknown_experiment_fails_with_clear_message_and_exit_code(fake_store, t
     proc = subprocess.run(
         [sys.executable, "-m", "regimetry.reports", "no_such_experiment", "--tracking-uri", fake_store["uri"],
          "--output-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "'no_such_experiment'" in proc.stderr and fake_store["uri"] in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "no_such_experiment").exists()
 
     code = reports.main([EXPERIMENT, "--tracking-uri", fake_store["uri"], "--parent-run-id", "0" * 32,
                          "--output-dir", str(tmp_path)])
-    assert code == 1
+    assert code == 2
     missing = f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"
     with pytest.raises(ValueError, match="does not exist"):
         reports.load_ablation_runs(EXPERIMENT, missing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -237,6 +238,29 @@ def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, 
         assert _runs(tmp_path, "tiny_ablation").empty
     else:
         assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seed", "-1"], r"--seed: must be an integer in \[0, 2\*\*32\), got -1"),
+    (["--set", "model.d_model=8"], r"--set: only data.<field> settings"),
+    (["--set", "data.source=csv"], r"--set data.source: use the option of its own"),
+    (["--set", "data.no_such_field=1"], r"no_such_field"),
+    (["--dataset", "sp500", "--folds", "1000"], r"--folds / DataConfig.num_folds=1000: .* use at most \d+ folds"),
+])
+def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_path, capsys):
+    """Issue 14 (found by a new-user check): each bad option is one line naming it, exit 2, no MLflow run."""
+    args = _args(tmp_path, "--stage", "tune", *extra)  # a later --dataset wins in argparse
+    assert studies.main(_tiny(), args) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert _runs(tmp_path, "tiny_ablation").empty
+
+
+def test_set_passes_data_settings_to_the_run(tmp_path):
+    """--set data.label_buckets / data.timezone reach DataConfig (and so the study identity)."""
+    options = studies.RunOptions(dataset="synthetic", data_settings=(("leakage_check", "error"),))
+    config = studies.data_config(_tiny(), options, TINY_BUDGET)
+    assert config.leakage_check == "error"
 
 
 def test_resuming_a_study_on_other_data_is_refused(tmp_path):

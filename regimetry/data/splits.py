@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import warnings
 from typing import Any
 
@@ -183,8 +184,14 @@ def fold_positions(
             raise ValueError(f"DataConfig.folds_end={config.folds_end} lies before the folds' start "
                              f"({stamps[min(first, n - 1)].date()})")
     period = candidates[first:last]
-    if period.size < config.num_folds:
-        raise ValueError(f"DataConfig.num_folds={config.num_folds}: the fold period holds only {period.size} samples")
+    # each test block needs two bootstrap blocks (of the label horizon, in windows) for its intervals
+    min_block = 2 * max(1, math.ceil(config.horizon / config.stride))
+    if period.size < config.num_folds * min_block:
+        raise ValueError(
+            f"--folds / DataConfig.num_folds={config.num_folds}: the fold period ({index[int(period[0])].date()} .. "
+            f"{index[int(period[-1])].date()}) holds {period.size} windows, so test blocks of about "
+            f"{period.size // config.num_folds}; each needs at least {min_block} (two label horizons) for the block "
+            f"bootstrap: use at most {max(1, period.size // min_block)} folds")
     W, h, e = config.window_size, config.horizon, config.resolved_embargo
     folds = []
     for k, test in enumerate(np.array_split(period, config.num_folds)):
