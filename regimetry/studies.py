@@ -1596,11 +1596,23 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     return parser
 
 
+class _DropRetracingWarnings(logging.Filter):
+    """TensorFlow warns that ``predict`` retraces when a process predicts with several models (one per
+    trial or fold): expected here, and four 700-character lines per run on the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib"):
+    for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib", "papermill"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # nbconvert's "alternative text is missing" on figures
+    tf_logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _DropRetracingWarnings) for f in tf_logger.filters):
+        tf_logger.addFilter(_DropRetracingWarnings())
 
 
 def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:

@@ -456,3 +456,14 @@ def test_a_short_budget_never_prints_verdicts(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "tuning budget is not finished" in err and "mean 2/3 (1 running, 0 waiting)" in err
     assert "Traceback" not in err
+
+
+def test_console_drops_tensorflow_retracing_warnings_only(caplog):
+    """Issue 16: four 700-character retracing warnings per run; real TensorFlow warnings still show."""
+    import logging
+
+    studies._configure_logging()
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("tensorflow").warning("5 out of the last 31 calls to <f> triggered tf.function retracing.")
+        logging.getLogger("tensorflow").warning("a real problem")
+    assert [r.getMessage() for r in caplog.records] == ["a real problem"]
