@@ -30,7 +30,8 @@ minimum detectable effect of that comparison at 80 % power).
 
 Reproduce: ``python experiments/00_positive_controls.py`` (all four; ``--controls order,recency`` for
 some; ``--smoke`` for a quick run that checks the plumbing, not the verdicts). Writes
-``reports/00_positive_controls/checks.md`` and ``checks.csv`` and logs them to each control's
+``reports/00_positive_controls/checks.md``, ``checks.csv`` and the papermill report
+``controls_report.html`` (``notebooks/controls_report.ipynb``), and logs them to each control's
 MLflow parent run.
 """
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         for name, value in (("--jobs", args.jobs), ("--paths", args.paths)):
             if value < 1:
                 raise ValueError(f"{name}: must be >= 1, got {value}")
-        all_checks, header = [], ["# 00_positive_controls", ""]
+        all_checks, header, parents = [], ["# 00_positive_controls", ""], []
         for task in tasks:
             control = get_control(task)
             ablation, copy_arm = control_ablation(load_ablation(control.ablation), task, smoke=args.smoke)
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
             print(line, flush=True)
             print(checks.drop(columns=["control"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"),
                   flush=True)
+            parents.append(summary["parent_run_id"])
             tracking.log_text(checks.to_csv(index=False), "controls/checks.csv", run_id=summary["parent_run_id"])
             tracking.set_tags({"control_checks_passed": f"{passed}/{len(checks)}"}, run_id=summary["parent_run_id"])
         table = pd.concat(all_checks, ignore_index=True)
@@ -135,6 +137,17 @@ def main(argv=None) -> int:
         header.append(f"- A/A null controls: {int((~aa['passed'].astype(bool)).sum())} false call(s) in {len(aa)} "
                       "comparison(s) of an arm with its own copy")
         (out / "checks.md").write_text(_markdown(table, header))
+        if args.report:  # the one table as a papermill report, logged beside each control's own report
+            from regimetry import reports
+
+            try:
+                paths = reports.render_controls_report(out / "checks.csv", out)
+            except reports.ReportError as exc:
+                raise ReportFailed(f"controls report: {exc} (checks.md and checks.csv are written)") from None
+            for parent_run_id in parents:
+                for path in (paths.notebook, paths.html):
+                    tracking.log_artifact(path, "controls", run_id=parent_run_id)
+            print(f"controls report: {paths.html}", flush=True)
         aa = table[table["check"] == "aa_null"]
         print(f"checks: {out / 'checks.md'} ({int(table['passed'].sum())}/{len(table)} passed; A/A false calls: "
               f"{int((~aa['passed'].astype(bool)).sum())} of {len(aa)})", flush=True)

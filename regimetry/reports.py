@@ -752,6 +752,44 @@ def regimes_over_time_figure(runs: AblationRuns, arm: str):
                                  title=f"{arm}: true regime (shaded, black) and predicted regime (orange), test blocks")
 
 
+def controls_figure(checks: pd.DataFrame):
+    """Forest plot of the controls' paired comparisons (``winner_beats`` and ``aa_null`` rows of
+    00's ``checks.csv``): estimate and 95 % interval per comparison, zero marked, failed checks red;
+    ``None`` when there is none."""
+    from matplotlib.figure import Figure
+
+    rows = checks[checks["check"].isin(["winner_beats", "aa_null"])].reset_index(drop=True)
+    if rows.empty:
+        return None
+    fig = Figure(figsize=(7.5, 0.35 * len(rows) + 1.0), layout="constrained")
+    ax = fig.subplots()
+    for i, r in rows.iterrows():
+        color = "tab:blue" if bool(r["passed"]) else "tab:red"
+        ax.errorbar(r["estimate"], i, xerr=[[r["estimate"] - r["ci_low"]], [r["ci_high"] - r["estimate"]]],
+                    fmt="o" if r["check"] == "winner_beats" else "s", color=color, capsize=3)
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{r.control}: {r.arm} - {r.b}" for r in rows.itertuples()], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("paired difference of pooled balanced accuracy [95 %] (circles: winner - at-chance arm; "
+                  "squares: A/A)", fontsize=8)
+    return fig
+
+
+def render_controls_report(checks_csv: str | os.PathLike, output_dir: str | os.PathLike,
+                           timeout: int = 600) -> ReportPaths:
+    """Execute ``notebooks/controls_report.ipynb`` on 00's ``checks.csv`` into ``output_dir``.
+
+    Raises:
+        FileNotFoundError: no ``checks_csv``.
+        ReportError: a cell failed (the partial notebook is kept).
+    """
+    path = Path(checks_csv).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"controls report: no checks table at {path}")
+    return render_notebook(NOTEBOOK_DIR / "controls_report.ipynb", output_dir, {"checks_csv": str(path)},
+                           name="controls_report", timeout=timeout)
+
+
 def fold_figure(folds: pd.DataFrame | None, metric: str = "balanced_accuracy"):
     """Grouped bars: the test ``metric`` per fold (and pooled) for every arm, references hatched grey,
     legend outside the data. ``folds`` from :func:`fold_results`; ``None`` when there is nothing."""

@@ -277,7 +277,8 @@ def test_report_notebooks_are_stored_without_outputs_and_declare_their_parameter
 
     expected = {"ablation_report.ipynb": ["experiment", "tracking_uri", "storage", "parent_run_id", "metric",
                                           "max_pruned_fraction", "max_failed_fraction"],
-                "data_report.ipynb": ["data_config"]}
+                "data_report.ipynb": ["data_config"],
+                "controls_report.ipynb": ["checks_csv"]}
     for name, params in expected.items():
         book = nbformat.read(reports.NOTEBOOK_DIR / name, as_version=4)
         nbformat.validate(book)
@@ -399,3 +400,23 @@ def test_training_curves_have_one_colour_per_run_and_the_legend_outside():
     colors = {tuple(line.get_color()) for line in figure.axes[0].lines}
     assert len(colors) == 15
     assert all(ax.get_legend() is None for ax in figure.axes) and len(figure.legends) == 1
+
+
+def test_controls_report_renders_the_checks_table_and_forest_plot(tmp_path):
+    """Issue 12: 00's one table as a papermill report (failed checks highlighted, A/A false calls counted)."""
+    checks = pd.DataFrame([
+        {"control": "order", "check": "winner_beats", "arm": "learnable", "b": "none", "expected": "> 0",
+         "estimate": 0.43, "ci_low": 0.41, "ci_high": 0.45, "mde": 0.026, "passed": True},
+        {"control": "order", "check": "aa_null", "arm": "learnable", "b": "learnable_copy", "expected": "= 0",
+         "estimate": 0.005, "ci_low": -0.003, "ci_high": 0.012, "mde": 0.01, "passed": True},
+        {"control": "event_order", "check": "at_chance", "arm": "padding", "b": "chance", "expected": "= 0.500",
+         "estimate": 0.675, "ci_low": 0.66, "ci_high": 0.691, "mde": float("nan"), "passed": False},
+    ])
+    path = tmp_path / "checks.csv"
+    checks.to_csv(path, index=False)
+    paths = reports.render_controls_report(path, tmp_path / "out")
+    html = paths.html.read_text()
+    assert "2 of 3 checks passed" in html and "0 false call(s) in 1 comparison(s)" in html
+    assert "#f8d7da" in html and "data:image/png;base64" in html  # the failed row, the forest plot
+    with pytest.raises(FileNotFoundError, match="no checks table"):
+        reports.render_controls_report(tmp_path / "missing.csv", tmp_path / "out")
