@@ -1372,9 +1372,11 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
                           run_id=arm_run)
         tracking.log_dict({"model": conf.model_config.to_dict(), "train": conf.train_config.to_dict()},
                           "best_config.json", run_id=arm_run)
+        # the MDE of every comparison this arm is part of (either side), so no arm shows NaN for a pair
         mdes = summary["differences"]
-        mdes = mdes[(mdes["a"] == conf.arm) & (mdes["metric"] == "balanced_accuracy")] if len(mdes) else mdes
-        tracking.log_metrics({f"confirm/mde_vs_{r['b']}/balanced_accuracy": float(r["mde"])
+        mdes = mdes[((mdes["a"] == conf.arm) | (mdes["b"] == conf.arm)) & (mdes["metric"] == "balanced_accuracy")] \
+            if len(mdes) else mdes
+        tracking.log_metrics({f"confirm/mde_vs_{r['b'] if r['a'] == conf.arm else r['a']}/balanced_accuracy": float(r["mde"])
                               for r in mdes.to_dict("records") if math.isfinite(r["mde"])}, run_id=arm_run)
         for fold_row in summary["per_fold"][summary["per_fold"]["arm"] == conf.arm].to_dict("records"):
             tracking.log_metrics({f"fold{fold_row['fold']}/test/{m}": fold_row[m] for m in METRICS_OF_RECORD},
