@@ -81,8 +81,10 @@ __all__ = [
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Param values longer than this go to a JSON artifact ``params/<key>.json`` instead.
 LONG_PARAM_CHARS = 250
-#: Experiment tags: MLflow 3's UI opens an experiment of kind ``custom_model_development`` on its
-#: training runs (not on the GenAI traces overview).
+#: Experiment tags: the kind MLflow 3 records for a model-training experiment. MLflow 3.17's UI reads
+#: it only without its GenAI / model-training toggle; with the toggle (the default) a fresh browser
+#: opens the GenAI overview, and ``#/experiments/<id>/runs?workflowType=machine_learning`` opens the
+#: runs table (checked in headless Chromium; README "Then look at the results").
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 #: Tag on every run: JSON ``{"host", "pid", "start"}`` of the process that opened it.
 OWNER_TAG = "regimetry.owner"
