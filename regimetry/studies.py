@@ -1214,6 +1214,8 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
         print(f"== {ablation.name}: confirming best configurations ({budget.folds} blocks x {budget.seeds} seeds)",
               flush=True)
         summary = _confirm_and_summarize(ctx, arm_list, tracking_uri)
+        for arm_run_id in arm_run_ids.values():  # an arm's run spans its trials and confirmation runs
+            tracking.extend_end_time(arm_run_id)
         tracking.set_tags({"wall_seconds": f"{time.monotonic() - started:.0f}"})
         tracking.log_metrics({"wall_seconds": time.monotonic() - started})
         summary["parent_run_id"] = parent.run_id

@@ -57,6 +57,7 @@ from regimetry.config import one_line, redact_url
 __all__ = [
     "OWNER_TAG",
     "end_orphaned_runs",
+    "extend_end_time",
     "DEFAULT_TRACKING_URI",
     "ActiveRun",
     "artifact_root_for",
@@ -793,6 +794,14 @@ def search_runs(
         experiment_ids=ids, filter_string=filter_string, run_view_type=view,
         order_by=list(order_by) if order_by else None, output_format="pandas",
     ))
+
+
+def extend_end_time(run_id: str) -> None:
+    """Move a finished run's end time to now, keeping its status: a parent that was closed as soon as
+    it was created (an ablation's arm run) then shows the duration of the work under it."""
+    client = _client()
+    status = _retry(lambda: client.get_run(run_id)).info.status
+    _retry(lambda: client.set_terminated(run_id, status, end_time=int(time.time() * 1000)))
 
 
 def end_orphaned_runs(experiment: str, tracking_uri: str | None = None) -> list[str]:

@@ -65,6 +65,8 @@ def _check_protocol(experiment, uri, storage, arms, trials, blocks, seeds):
         assert confirm["metrics.test/balanced_accuracy"].notna().all()
         assert set(confirm["tags.fold"].astype(int)) == set(range(blocks))
         arm_run = arm_runs[arm_runs["tags.arm"] == arm].iloc[0]
+        # issue 16: the arm's run spans its trials and confirmation runs (it showed ~10 ms in the UI)
+        assert arm_run["end_time"] >= confirm["end_time"].max()
         for metric in ("balanced_accuracy", "macro_f1", "log_loss"):
             low, high = (arm_run[f"metrics.confirm/test/{metric}_boot_ci_{s}"] for s in ("low", "high"))
             assert low <= arm_run[f"metrics.confirm/test/{metric}_pooled"] <= high
