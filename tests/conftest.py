@@ -65,6 +65,17 @@ def random_splits():
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
+def _arm_names(script: str) -> list[str]:
+    """The arms an experiment script declares (``experiments/<script>.py``'s ``ABLATION``), so no test
+    copies them by hand (issue 13)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"declared_{script}", ROOT / "experiments" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return [arm.name for arm in module.ABLATION.arms]
+
+
 @pytest.fixture(scope="session")
 def smoke_03(tmp_path_factory):
     """``python experiments/03_encoding_ablation.py --smoke`` run once per session, exactly as a user
@@ -88,7 +99,7 @@ def smoke_03(tmp_path_factory):
         env={**os.environ, "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"},
     )
     return {"experiment": "03_encoding_ablation", "uri": uri, "storage": storage, "root": root,
-            "arms": ["sinusoidal_interleaved", "sinusoidal_stacked", "learnable", "none"],
+            "arms": _arm_names("03_encoding_ablation"),
             "stdout": proc.stdout + proc.stderr, "returncode": proc.returncode,
             "seconds": time.monotonic() - started}
 
