@@ -4,9 +4,9 @@ The data flow runs one way: source -> features -> labels -> windows -> chronolog
 embargo -> model -> training -> study harness -> MLflow tracking -> papermill reports.
 """
 
-import os as _os
+from regimetry import _quiet_tensorflow
 
-# Keep TensorFlow's C++ start-up chatter out of researchers' terminals (errors still show).
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Keep TensorFlow's C++ start-up chatter out of researchers' terminals (real errors still show).
+_quiet_tensorflow.install()
 
 __version__ = "0.1.0"

@@ -122,6 +122,9 @@ def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
     for arm in arms:
         assert arm in html
     assert "Regimes over time" in html and "har_rv (reference)" in html
+    # a quiet console: no line from TensorFlow's C++ logger or CUDA probing (issue 16)
+    assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", smoke_03["stdout"], flags=re.M), smoke_03["stdout"][:3000]
+    assert "absl::InitializeLog" not in smoke_03["stdout"] and "cuInit" not in smoke_03["stdout"]
 
 
 @pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation",

@@ -162,7 +162,10 @@ class SequencePooling(keras.layers.Layer):
         if self.mode == "last":
             steps = ops.arange(ops.shape(inputs)[1], dtype="int32")
             last = ops.max(ops.where(mask, ops.expand_dims(steps, 0), ops.zeros_like(mask, dtype="int32")), axis=1)
-            picked = ops.take_along_axis(inputs, ops.reshape(last, (-1, 1, 1)), axis=1)[:, 0, :]
+            # A select-and-sum rather than take_along_axis: the same values, and no int64 gather, which
+            # TensorFlow's oneDNN build logs as an error on CPUs without AVX-512.
+            chosen = ops.expand_dims(ops.equal(ops.expand_dims(steps, 0), ops.expand_dims(last, 1)), -1)
+            picked = ops.sum(ops.where(chosen, inputs, zeros), axis=1)
             return ops.where(any_real, picked, ops.zeros_like(picked))
         # attention: a softmax restricted to the real steps, zero weights when there is none.
         logits = ops.squeeze(self._attention_logits(ops.where(mask3, inputs, zeros)), -1)  # (batch, T)
