@@ -206,6 +206,16 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}{slash}{tail}"
 
 
+def mask_password(text: object, url: str | None) -> str:
+    """``text`` (e.g. a database driver's error message, which may quote the URL) with the password of
+    ``url`` replaced by ``***`` wherever it occurs."""
+    text = str(text)
+    if not has_password(url):
+        return text
+    password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2]
+    return text.replace(password, "***") if password else text
+
+
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_StringDatesLoader)  # noqa: S506 - a SafeLoader subclass
 

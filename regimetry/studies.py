@@ -60,7 +60,7 @@ from optuna.trial import TrialState
 
 from regimetry import evaluation, processes
 from regimetry.config import (CONTROL_SOURCES, SOURCES, SYNTHETIC_FEATURES, DataConfig, ModelConfig, TrainConfig,
-                              has_password, one_line, parse_overrides, redact_url)
+                              mask_password, one_line, parse_overrides, redact_url)
 
 logger = logging.getLogger("regimetry.studies")
 # QMCSampler, heartbeats and fail_stale_trials are stable in practice but still flagged experimental.
@@ -408,10 +408,7 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
             if not any(word in str(exc) for word in ("IntegrityError", "UNIQUE constraint", "locked", "already exists")):
                 break
             time.sleep(0.5 * (attempt + 1))
-    message = one_line(last_error)
-    password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2] if has_password(url) else ""
-    if password:
-        message = message.replace(password, "***")
+    message = mask_password(one_line(last_error), url)
     raise ValueError(f"--storage {shown!r}: cannot open the Optuna storage: {message}") from None
 
 
@@ -557,6 +554,14 @@ def _retry_slot(study: optuna.Study, frozen: optuna.trial.FrozenTrial, **attrs: 
     fixed = frozen.system_attrs.get("fixed_params", {})
     study.enqueue_trial(dict(fixed), user_attrs={"regimetry_budget_slot": True, "slot": frozen.user_attrs.get("slot"),
                                                  "retry_of": frozen.number, **attrs})
+
+
+def _arm_study(storage, ctx: "_WorkerContext", arm: Arm) -> optuna.Study:
+    """The arm's study in ``storage`` (created with its enqueued budget on first use): the one place
+    that names a study, its direction, data identity and nuisance space."""
+    return ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
+                        direction=study_direction(ctx.ablation), data_key=study_key(ctx.ablation, arm, ctx.data_config),
+                        space=ctx.ablation.nuisance)
 
 
 def recover_orphaned_trials(study: optuna.Study) -> list[int]:
@@ -870,9 +875,7 @@ def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> N
     for arm in ctx.ablation.arms:
         if arm_names is not None and arm.name not in arm_names:
             continue
-        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
-                             direction=study_direction(ctx.ablation),
-                             data_key=study_key(ctx.ablation, arm, ctx.data_config), space=ctx.ablation.nuisance)
+        study = _arm_study(storage, ctx, arm)
         recover_orphaned_trials(study)
         optuna.storages.fail_stale_trials(study)
         arm_splits = apply_arm_to_splits(arm, tuning_blocks, ctx.options.seed)
@@ -1234,6 +1237,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
                 # the command exits non-zero so that nobody mistakes a missing report for a good one.
                 tracking.set_tags({"report_error": str(exc)[:4000]})
                 report_error = exc
+    print(f"== {ablation.name}: browse the runs: {tracking.browse_hint(parent.experiment_id, tracking_uri)}", flush=True)
     if report_error is not None:
         raise ReportFailed(f"the report failed to render (re-render with: python -m regimetry.reports "
                            f"{ablation.name}): {report_error}")
@@ -1257,9 +1261,7 @@ def check_budget_complete(storage, ctx: "_WorkerContext", arm_list: Sequence[Arm
     """
     short = []
     for arm in arm_list:
-        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
-                             direction=study_direction(ctx.ablation),
-                             data_key=study_key(ctx.ablation, arm, ctx.data_config), space=ctx.ablation.nuisance)
+        study = _arm_study(storage, ctx, arm)
         recover_orphaned_trials(study)
         counts = budget_counts(study)
         done, total = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"], int(study.user_attrs["budget"])
@@ -1304,9 +1306,7 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     seeds = [ctx.options.seed + s for s in range(ctx.budget.seeds)]
     plan, bests = [], {}
     for arm in arm_list:
-        study = ensure_study(storage, study_name(ctx.ablation, arm), ctx.budget, ctx.options.seed,
-                             direction=study_direction(ctx.ablation),
-                             data_key=study_key(ctx.ablation, arm, ctx.data_config), space=ctx.ablation.nuisance)
+        study = _arm_study(storage, ctx, arm)
         best, model_cfg, train_cfg = _best_configs(study)
         bests[arm.name] = (study, best, model_cfg, train_cfg)
         plan += [(arm.name, b, seed, model_cfg, train_cfg) for b in range(len(blocks)) for seed in seeds]

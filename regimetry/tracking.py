@@ -52,10 +52,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from regimetry import processes
-from regimetry.config import one_line, redact_url
+from regimetry.config import mask_password, one_line, redact_url
 
 __all__ = [
     "OWNER_TAG",
+    "browse_hint",
     "end_orphaned_runs",
     "extend_end_time",
     "DEFAULT_TRACKING_URI",
@@ -175,10 +176,10 @@ def configure(tracking_uri: str | None = None) -> str:
         else:
             _retry(lambda: MlflowClient(uri).search_experiments(max_results=1))
     except ImportError as exc:
-        raise ValueError(f"--tracking-uri {shown!r}: the database driver is not installed ({one_line(exc)}); for "
+        raise ValueError(f"--tracking-uri {shown!r}: the database driver is not installed ({mask_password(one_line(exc), uri)}); for "
                          "postgresql:// install psycopg 3: pip install 'psycopg[binary]'") from None
     except (MlflowException, OSError) as exc:
-        raise ValueError(f"--tracking-uri {shown!r}: the MLflow store cannot be opened: {one_line(exc)}") from None
+        raise ValueError(f"--tracking-uri {shown!r}: the MLflow store cannot be opened: {mask_password(one_line(exc), uri)}") from None
     _configured[uri] = uri
     return uri
 
@@ -354,6 +355,18 @@ def run(
         raise
     finally:
         _end_run(active.run_id, active.status or status)
+
+
+def browse_hint(experiment_id: str, tracking_uri: str | None = None) -> str:
+    """The command and address that open an experiment's runs table in ``mlflow ui``.
+
+    MLflow 3.17's UI opens a fresh browser on its GenAI overview whatever the experiment's kind tag;
+    the ``workflowType=machine_learning`` query opens the training runs (see ``EXPERIMENT_TAGS``).
+    The URI is shown with any password masked.
+    """
+    uri = redact_url(tracking_uri or mlflow.get_tracking_uri())
+    return (f"mlflow ui --backend-store-uri {uri}  then open "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
 
 
 def _end_run(run_id: str, status: str) -> None:

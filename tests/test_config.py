@@ -88,3 +88,14 @@ def test_negative_seed_and_an_unused_csv_path_are_refused():
         TrainConfig(seed=-1)
     with pytest.raises(ValueError, match="csv_path: is read only with source='csv', but source is 'sp500'"):
         DataConfig(source="sp500", csv_path="/nonexistent.csv")
+
+
+def test_mask_password_hides_the_urls_password_wherever_a_driver_message_quotes_it():
+    from regimetry.config import mask_password
+
+    url = "postgresql://user:s3cret@db.example:5432/optuna"
+    message = 'connection to "db.example" failed for user:s3cret (password "s3cret" rejected)'
+    assert mask_password(message, url) == 'connection to "db.example" failed for user:*** (password "***" rejected)'
+    assert mask_password(message, "sqlite:///data/a@b.db") == message  # no credentials, nothing to mask
+    assert mask_password("x", None) == "x"
+    assert mask_password("p@ss fails", "mysql://u:p@ss@h/db") == "*** fails"  # an "@" inside the password

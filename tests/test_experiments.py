@@ -122,6 +122,9 @@ def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
     for arm in arms:
         assert arm in html
     assert "Regimes over time" in html and "har_rv (reference)" in html
+    # the address that opens the runs table (MLflow 3.17 opens the GenAI overview otherwise)
+    assert re.search(r"browse the runs: mlflow ui --backend-store-uri sqlite:///\S+  then open "
+                     r"http://127.0.0.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning", smoke_03["stdout"])
     # a quiet console: no line from TensorFlow's C++ logger or CUDA probing (issue 16)
     assert not re.search(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", smoke_03["stdout"], flags=re.M), smoke_03["stdout"][:3000]
     assert "absl::InitializeLog" not in smoke_03["stdout"] and "cuInit" not in smoke_03["stdout"]
