@@ -394,9 +394,10 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
     # Several processes opening a new database at once race to create its schema (one of them gets
     # an IntegrityError on alembic_version); the loser simply opens the now-created schema again.
     last_error: Exception | None = None
+    storage_class = _SQLiteStorage if url.startswith("sqlite:") else optuna.storages.RDBStorage
     for attempt in range(6):
         try:
-            return optuna.storages.RDBStorage(
+            return storage_class(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=60,
@@ -410,6 +411,42 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
             time.sleep(0.5 * (attempt + 1))
     message = mask_password(one_line(last_error), url)
     raise ValueError(f"--storage {shown!r}: cannot open the Optuna storage: {message}") from None
+
+
+def _begin_immediate(engine) -> None:
+    """Make every transaction on a SQLite engine start with ``BEGIN IMMEDIATE`` (SQLAlchemy's documented
+    pysqlite recipe: the driver's own implicit BEGIN is turned off and the engine emits its own).
+
+    Why: pysqlite opens a transaction only at the first write, and SQLite ignores ``SELECT ... FOR
+    UPDATE``, so Optuna's read-then-write updates are not atomic between processes: two workers could
+    both move one WAITING trial to RUNNING (measured: 70 claims of 60 trials by 4 processes), run it
+    twice and crash on the second ``tell``. Taking SQLite's write lock when a transaction begins makes
+    each such update atomic; the 60 s busy timeout lets the other processes wait their turn.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _driver_autocommit(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # pooled connections opened before the listeners existed
+
+
+class _SQLiteStorage(optuna.storages.RDBStorage):
+    """An Optuna RDB storage on SQLite whose transactions take the write lock up front
+    (:func:`_begin_immediate`), also after pickling into a worker process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _begin_immediate(self.engine)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        _begin_immediate(self.engine)
 
 
 def _make_parent(path: Path, shown: str) -> None:
