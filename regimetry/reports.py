@@ -6,8 +6,8 @@ communicate, modules repeat). Two notebooks, each with a cell tagged ``parameter
 - ``notebooks/ablation_report.ipynb``: one ablation (an MLflow parent run with ``stage=study``, its
   arm runs, trial runs and confirmation runs, and the arms' Optuna studies). Rendered by
   :func:`render_ablation_report`, which ``regimetry.studies.run_ablation`` calls at the end of a run.
-- ``notebooks/data_report.ipynb``: one :class:`~regimetry.config.DataConfig` (source, features, label
-  distribution per split, regime timeline, label transition matrix). Rendered by
+- ``notebooks/data_report.ipynb``: one :class:`~regimetry.config.DataConfig` (source, features, leakage
+  audit of a CSV's user columns, label distribution per split, regime timeline, label transition matrix). Rendered by
   :func:`render_data_report`.
 
 The loading and table-building code lives here (``load_ablation_runs``, ``arm_summary``, ...), so the
@@ -78,6 +78,7 @@ __all__ = [
     "histories_figure",
     "label_distribution",
     "transition_matrix",
+    "leakage_audit_table",
     "data_config_from",
     "show",
     "main",
@@ -1185,6 +1186,60 @@ def label_distribution(splits) -> pd.DataFrame:
         data[f"{name} windows"] = counts
         data[f"{name} share"] = counts / counts.sum() if counts.sum() else np.full(k, np.nan)
     return pd.DataFrame(data, index=pd.Index(list(splits.class_names), name="regime"))
+
+
+def leakage_audit_table(splits) -> pd.DataFrame | None:
+    """The leakage audit of every user input column of a CSV source, as one table.
+
+    Uses the audit ``regimetry.data.prepare`` stored in ``splits.extras["leakage_audit"]``; with
+    ``DataConfig.leakage_check="off"`` (nothing stored) it reloads the CSV and runs the same audit
+    (:func:`regimetry.data.audit.audit_source`) on the same rows. Either way only bars up to the last
+    training sample's bar are used (the audit never sees a validation or test bar).
+
+    Args:
+        splits: ``regimetry.data.types.Splits`` from ``prepare``.
+
+    Returns:
+        ``None`` for a non-CSV source (the audit applies to user columns only); otherwise one row per
+        input column of the CSV (numeric and boolean in file order, then categorical) with columns
+        ``column``, ``kind``, ``partial R2 (future | past)`` (0..1, NaN when not audited),
+        ``R2 of the past`` (0..1), ``noise level`` (``3 L / rows``, what a causal column scores
+        by chance), ``rows`` (complete training rows used), ``leads/lags L`` (bars), ``flagged``
+        (``"yes"`` / ``"no"``) and ``note`` (why a column was not audited, empty otherwise).
+    """
+    config = splits.config
+    if config.source != "csv":
+        return None
+    kinds = dict(splits.extras.get("input_kinds") or {})  # built-in features (numeric) and user columns
+    stored = splits.extras.get("leakage_audit")
+    if stored is None:
+        from regimetry.data import audit, load_source
+
+        source = load_source(config)
+        kinds.update(source.kinds)
+        stored = [dataclasses.asdict(a) for a in
+                  audit.audit_source(source, int(splits.train.positions[-1]) + 1, config.horizon)]
+    by_column = {a["column"]: a for a in stored}
+    # user columns: the audited (numeric, boolean) ones, then the categorical ones (never a built-in feature)
+    columns = list(by_column) + [c for c, kind in kinds.items() if kind == "categorical" and c not in by_column]
+    rows = []
+    for column in columns:
+        kind = kinds.get(column, "constant (dropped)")
+        a = by_column.get(column)
+        if a is None:
+            rows.append({"column": column, "kind": kind, "partial R2 (future | past)": np.nan,
+                         "R2 of the past": np.nan, "noise level": np.nan, "rows": np.nan, "leads/lags L": np.nan,
+                         "flagged": "no", "note": ("not audited: categorical (its one-hot codes are not one "
+                                                   "series)" if kind == "categorical" else "not audited")})
+            continue
+        lags, used = int(a["lags"]), int(a["rows"])
+        rows.append({"column": column, "kind": kind, "partial R2 (future | past)": a["partial_r2"],
+                     "R2 of the past": a["r2_past"],
+                     "noise level": 3 * lags / used if lags and used else np.nan,
+                     "rows": used, "leads/lags L": lags, "flagged": "yes" if a["flagged"] else "no",
+                     "note": f"not audited: {a['note']}" if a.get("note") else ""})
+    return pd.DataFrame(rows, columns=["column", "kind", "partial R2 (future | past)", "R2 of the past",
+                                       "noise level", "rows", "leads/lags L", "flagged", "note"])
 
 
 def transition_matrix(y: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:

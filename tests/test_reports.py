@@ -313,8 +313,41 @@ def test_data_report_from_yaml(tmp_path):
     for name in ("calm_up", "volatile_down", "choppy_sideways", "rv_5", "expected duration", "val share"):
         assert name in html, name
     assert html.count("data:image/png") >= 2  # label shares, regime timeline
+    assert "the leakage audit applies to user CSV columns only" in html
     with pytest.raises(ValueError, match="DataConfig.window_size"):
         reports.render_data_report({"source": "synthetic", "window_size": 0}, tmp_path)
+
+
+def test_data_report_shows_the_leakage_audit_of_every_user_column(tmp_path):
+    from regimetry.data import load_source
+
+    bars = load_source(DataConfig(source="sp500")).bars.loc[:"2007-12-31"]
+    r = bars["log_return"]
+    frame = pd.DataFrame({"timestamp": bars.index.strftime("%Y-%m-%d"), "open": bars["open"], "high": bars["high"],
+                          "low": bars["low"], "close": bars["close"], "volume": bars["volume"],
+                          "momentum_10": r.rolling(10).sum(),  # causal
+                          "leaky_next_return": r.shift(-1),  # the canary: tomorrow's return
+                          "up_day": np.where(r > 0, "True", "False"),
+                          "trend": np.where(r.rolling(20).mean() > 0, "Buy", "Sell")})
+    path = tmp_path / "bars.csv"
+    frame.to_csv(path, index=False)
+    config = {"source": "csv", "csv_path": str(path), "features": ["log_return", "abs_return"],
+              "train_fraction": 0.6, "val_fraction": 0.2}
+    html = reports.render_data_report(config, tmp_path / "csv").html.read_text()
+    section = html[html.index("Leakage audit of the user input columns"):html.index("Labels per split")]
+    assert "Flagged: <code>leaky_next_return</code>" in section and "threshold" in section.lower()
+    for column in ("momentum_10", "leaky_next_return", "up_day", "trend", "not audited: categorical",
+                   "What a flag means and what to do", "partial R2 (future | past)", "noise level"):
+        assert column in section, column
+    # the table's own rows: the canary flagged, the causal, boolean and categorical columns not
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr>\s*<td[^>]*>(\w+)</td>.*?</tr>", section, re.S)}
+    assert set(rows) == {"momentum_10", "leaky_next_return", "up_day", "trend"}, set(rows)
+    assert re.search(r">yes</td>", rows["leaky_next_return"])
+    assert all(re.search(r">no</td>", rows[c]) for c in ("momentum_10", "up_day", "trend"))
+    assert "<code>momentum_10</code>" not in section.split("What a flag means")[0]
+    table = reports.leakage_audit_table(__import__("regimetry.data", fromlist=["prepare"]).prepare(
+        DataConfig(**{**config, "features": ("log_return", "abs_return"), "leakage_check": "off"})))
+    assert table.set_index("column").loc["leaky_next_return", "flagged"] == "yes"  # recomputed when off
 
 
 def test_data_config_from_every_form(tmp_path):

@@ -425,12 +425,11 @@ def _audit_inputs(base: _Base, train: np.ndarray) -> dict[str, Any]:
     on the training period's bars: a ``RegimetryDataWarning`` (or, with ``leakage_check="error"``,
     a ValueError) per flagged column; ``{"leakage_audit": [...]}`` for ``Splits.extras``."""
     config, source = base.config, base.source
-    columns = [c for c, kind in source.kinds.items() if kind in ("numeric", "boolean")]
-    if config.leakage_check == "off" or config.source != "csv" or not columns:
+    if config.leakage_check == "off" or config.source != "csv":
         return {}
-    end = int(train[-1]) + 1
-    inputs = source.inputs.iloc[:end][columns].apply(pd.to_numeric, errors="coerce")
-    results = _audit.leakage_audit(inputs, source.bars["log_return"].iloc[:end], config.horizon)
+    results = _audit.audit_source(source, int(train[-1]) + 1, config.horizon)
+    if not results:
+        return {}
     flagged = [a for a in results if a.flagged]
     if flagged:
         message = (f"{source.name}: input column(s) look into the future: "
