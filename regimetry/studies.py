@@ -977,14 +977,16 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
     tags = {"stage": "confirm", "arm": arm.name, "seed": str(seed), "fold": str(block_index)}
     with tracking.run(ctx.ablation.name, run_name=f"fold{block_index}/seed{seed}",
                       parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
-        result = training.fit(splits, model_cfg, train_cfg)
+        # One kept compiled model per configuration and worker: its graphs are traced once, not once
+        # per fold and seed; the runs stay bit-identical (training.fit, benchmarks/README.md).
+        result = training.fit(splits, model_cfg, train_cfg, reuse_graphs=True)
+        probs = training.predict_proba(result.model, splits.test.X)
         # The full MLflow model flavour costs 4-8 s a run (benchmarks/README.md), about a fifth of the
         # confirmation stage: only the most recent block's first seed logs it (the model a user would
         # deploy); every run still saves its .keras file, which load_model reads.
         full_model = block_index == len(blocks) - 1 and seed == ctx.options.seed + arm.seed_offset
         tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="confirm", arm=arm.name,
-                                  seed=seed, test=True, full_model=full_model)
-        probs = training.predict_proba(result.model, splits.test.X)
+                                  seed=seed, test=True, full_model=full_model, test_probs=probs)
         run_id = active.run_id
     out = {"arm": arm.name, "fold": block_index, "seed": seed, "run_id": run_id,
            "y_true": splits.test.y, "probs": probs, "index": splits.test.index}

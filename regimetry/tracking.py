@@ -566,6 +566,7 @@ def log_training_run(
     run_id: str | None = None,
     attention: bool = True,
     figures: bool = True,
+    test_probs: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Log one trained model into the active run (or ``run_id``): everything a report needs.
 
@@ -593,6 +594,8 @@ def log_training_run(
         attention: draw attention heat maps (needs ``regimetry.models.attention_scores``).
         figures: draw the confusion-matrix and training-curve figures (the JSON confusion
             matrices are logged regardless).
+        test_probs: the model's float32 ``(len(splits.test), num_classes)`` test probabilities when
+            the caller already has them (the test split is then not predicted again).
 
     Returns:
         The final metrics logged (``val/...`` and ``test/...``).
@@ -629,7 +632,8 @@ def log_training_run(
     final: dict[str, float] = {f"val/{k}": v for k, v in result.val_metrics.items()}
     confusions = {"val": result.val_confusion}
     if test and len(splits.test):
-        evaluated = training.evaluate_full(result.model, splits.test, splits.class_names)
+        evaluated = training.evaluate_full(result.model if test_probs is None else np.asarray(test_probs),
+                                           splits.test, splits.class_names)
         final.update({f"test/{k}": v for k, v in evaluated.metrics.items()})
         confusions["test"] = evaluated.confusion
     final.update({

@@ -474,6 +474,46 @@ def compile_model(model: Any, train_config: TrainConfig) -> Any:
     return model
 
 
+class _CompiledModelCache:
+    """Compiled models kept per configuration, so that Keras traces their train and predict functions
+    once per process rather than once per run (``fit(..., reuse_graphs=True)``).
+
+    A new run's freshly built (seeded) model hands its variables to the kept model, whose optimizer
+    is reset to the state it had right after it was built (iteration 0, zero moments, the same
+    learning rate): the same starting point as compiling the fresh model, bit for bit.
+    """
+
+    def __init__(self, max_models: int = 8) -> None:
+        import collections
+
+        self.max_models = max_models
+        self._models: collections.OrderedDict = collections.OrderedDict()
+
+    def compiled(self, key: tuple, fresh: Any, train_config: TrainConfig) -> Any:
+        entry = self._models.get(key)
+        if entry is not None:
+            kept, optimizer_start = entry
+            if [tuple(v.shape) for v in kept.variables] == [tuple(v.shape) for v in fresh.variables]:
+                self._models.move_to_end(key)
+                for target, source in zip(kept.variables, fresh.variables):
+                    target.assign(source)
+                for variable, value in zip(kept.optimizer.variables, optimizer_start):
+                    variable.assign(value)
+                return kept
+        compile_model(fresh, train_config)
+        fresh.optimizer.build(fresh.trainable_variables)  # what fit() would build lazily, same values
+        self._models[key] = (fresh, [np.array(v) for v in fresh.optimizer.variables])
+        while len(self._models) > self.max_models:
+            self._models.popitem(last=False)
+        return fresh
+
+    def clear(self) -> None:
+        self._models.clear()
+
+
+_COMPILED_MODELS = _CompiledModelCache()
+
+
 def _check_splits(splits: Splits) -> None:
     if not isinstance(splits, Splits):
         raise TypeError(f"fit: expected regimetry.data.types.Splits, got {type(splits).__name__}")
@@ -503,6 +543,7 @@ def fit(
     verbose: int = 0,
     model: Any = None,
     predict_batch_size: int = 1024,
+    reuse_graphs: bool = False,
 ) -> TrainResult:
     """Seed, build, compile and train a classifier on ``splits``; restore the best epoch.
 
@@ -518,6 +559,15 @@ def fit(
         model: an uncompiled softmax ``keras.Model`` to train instead of building one from
             ``model_config`` (built after seeding by the caller); mainly for tests/benchmarks.
         predict_batch_size: inference batch size for the per-epoch validation pass.
+        reuse_graphs: train a compiled model kept from an earlier ``fit`` of this process with the
+            same architecture, data shape and ``TrainConfig`` (seed aside) instead of compiling the
+            new one: the new model is still built and seeded exactly as without reuse, and its
+            variables (weights and dropout seed states) and a fresh optimizer state are copied into
+            the kept model, so the results are identical (``tests/test_training.py``) while Keras'
+            traced train and predict functions are reused (graph tracing is the largest overhead of
+            a run, ``benchmarks/README.md``). The returned ``result.model`` is that kept model: a
+            later ``fit`` of the same configuration overwrites it, so use it (predict, save) first.
+            Ignored when ``model`` is given.
 
     Returns:
         ``TrainResult``.
@@ -539,7 +589,14 @@ def fit(
             num_classes=splits.num_classes,
             feature_names=splits.feature_names,
         )
-    compile_model(model, train_config)
+        if reuse_graphs:
+            key = (model_config, train_config.replace(seed=0), splits.window_size, splits.num_features,
+                   splits.num_classes, tuple(splits.feature_names or ()))
+            model = _COMPILED_MODELS.compiled(key, model, train_config)
+        else:
+            compile_model(model, train_config)
+    else:
+        compile_model(model, train_config)
     k = splits.num_classes
     weights = None
     if train_config.class_weight == "balanced":

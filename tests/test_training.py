@@ -118,6 +118,34 @@ def test_same_seed_same_metrics(fitted):
         np.testing.assert_array_equal(a, b)
 
 
+def test_reused_graphs_give_bit_identical_runs(fitted):
+    """Issue 17: fit(reuse_graphs=True) trains one kept compiled model per configuration; every run
+    (another seed, then the first seed again, with dropout and the shortcut warm start) matches a
+    fresh compile exactly, and the kept model's traced train function is the same object."""
+    from conftest import make_random_splits
+
+    splits, seed3 = fitted
+    model = TINY_MODEL.replace(linear_shortcut=True, center_windows=True)
+    training._COMPILED_MODELS.clear()
+    runs = []
+    for seed in (5, 3, 5):
+        fresh = training.fit(splits, model, TINY_TRAIN.replace(seed=seed))
+        fresh_probs = training.predict_proba(fresh.model, splits.test.X)
+        reused = training.fit(splits, model, TINY_TRAIN.replace(seed=seed), reuse_graphs=True)
+        assert TIME_FREE(reused.history) == TIME_FREE(fresh.history)
+        assert reused.val_metrics == fresh.val_metrics and reused.best_epoch == fresh.best_epoch
+        np.testing.assert_array_equal(training.predict_proba(reused.model, splits.test.X), fresh_probs)
+        runs.append((reused.model, reused.model.train_function))
+    assert runs[0][0] is runs[1][0] is runs[2][0]  # one kept model ...
+    assert runs[0][1] is runs[2][1]  # ... traced once
+    # another configuration (or data shape) gets its own model
+    other = training.fit(splits, model, TINY_TRAIN.replace(seed=5, learning_rate=1e-3), reuse_graphs=True)
+    assert other.model is not runs[0][0]
+    wider = make_random_splits(features=5)
+    assert training.fit(wider, model, TINY_TRAIN, reuse_graphs=True).model is not runs[0][0]
+    training._COMPILED_MODELS.clear()
+
+
 def test_epoch_callback_sees_every_epoch_and_its_exception_propagates(fitted):
     splits, seed3 = fitted
     class Prune(Exception):
