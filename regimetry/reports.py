@@ -133,6 +133,7 @@ def _kernel_manager_class():
     from ipykernel.kernelspec import RESOURCES, get_kernel_dict
     from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
 
     class CurrentInterpreterSpecs(KernelSpecManager):
         def get_kernel_spec(self, kernel_name: str) -> KernelSpec:  # noqa: ARG002 - any name
@@ -144,6 +145,13 @@ def _kernel_manager_class():
     class CurrentInterpreterKernelManager(AsyncKernelManager):
         def _kernel_spec_manager_default(self):
             return CurrentInterpreterSpecs(data_dir=self.data_dir)
+
+        @default("transport")
+        def _ipc_transport(self):
+            # Unix sockets beside the connection file rather than TCP on 127.0.0.1: private to this
+            # user, and ipykernel no longer prints "Kernel is running over TCP without encryption"
+            # into every experiment's console.
+            return "ipc"
 
     return CurrentInterpreterKernelManager
 

@@ -435,7 +435,7 @@ def test_training_curves_have_one_colour_per_run_and_the_legend_outside():
     assert all(ax.get_legend() is None for ax in figure.axes) and len(figure.legends) == 1
 
 
-def test_controls_report_renders_the_checks_table_and_forest_plot(tmp_path):
+def test_controls_report_renders_the_checks_table_and_forest_plot(tmp_path, capfd):
     """Issue 12: 00's one table as a papermill report (failed checks highlighted, A/A false calls counted)."""
     checks = pd.DataFrame([
         {"control": "order", "check": "winner_beats", "arm": "learnable", "b": "none", "expected": "> 0",
@@ -451,5 +451,8 @@ def test_controls_report_renders_the_checks_table_and_forest_plot(tmp_path):
     html = paths.html.read_text()
     assert "2 of 3 checks passed" in html and "0 false call(s) in 1 comparison(s)" in html
     assert "#f8d7da" in html and "data:image/png;base64" in html  # the failed row, the forest plot
+    # the kernel talks over unix sockets: no "running over TCP without encryption" warning in the console
+    assert "without encryption" not in capfd.readouterr().err
+    assert not list((tmp_path / "out").glob("kernel-*-ipc*"))  # and its socket files are cleaned up
     with pytest.raises(FileNotFoundError, match="no checks table"):
         reports.render_controls_report(tmp_path / "missing.csv", tmp_path / "out")
