@@ -74,6 +74,21 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} logical cores"
 
 
+def interleaved_rates(models: dict, dataset, train_config, repetitions: int, windows: int) -> dict[str, list[float]]:
+    """Training windows/s of each model per epoch: compile, one warm-up epoch each (tracing), then
+    ``repetitions`` rounds of one epoch per model, interleaved so that a drifting load hits all alike."""
+    rates: dict[str, list[float]] = {k: [] for k in models}
+    for model in models.values():
+        training.compile_model(model, train_config)
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing
+    for _ in range(repetitions):
+        for key, model in models.items():
+            t0 = time.perf_counter()
+            model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+            rates[key].append(windows / (time.perf_counter() - t0))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", type=int, default=4096, help="training windows per epoch")
@@ -101,15 +116,7 @@ def main() -> None:
             "regimetry": build_classifier(config, args.window_size, args.features, 3),
             "keras reference": reference_model(config, args.window_size, args.features, 3),
         }
-        rates: dict[str, list[float]] = {k: [] for k in models}
-        for model in models.values():
-            training.compile_model(model, train_config)
-            model.fit(dataset, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing
-        for _ in range(args.repetitions):
-            for key, model in models.items():
-                t0 = time.perf_counter()
-                model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-                rates[key].append(args.windows / (time.perf_counter() - t0))
+        rates = interleaved_rates(models, dataset, train_config, args.repetitions, args.windows)
         params = {k: m.count_params() for k, m in models.items()}
         ours, ref = statistics.median(rates["regimetry"]), statistics.median(rates["keras reference"])
         print(f"{name}: regimetry {ours:,.0f} ({min(rates['regimetry']):,.0f}-{max(rates['regimetry']):,.0f}), "

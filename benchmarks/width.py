@@ -177,7 +177,7 @@ def main() -> None:
     from regimetry.models import build_classifier
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import cpu_description, reference_model
+    from throughput import cpu_description, interleaved_rates, reference_model
 
     model_config = ModelConfig()
     train_config = TrainConfig(batch_size=args.batch_size, max_epochs=1)
@@ -198,15 +198,7 @@ def main() -> None:
     training.set_global_seed(0)
     models = {"regimetry": build_classifier(model_config, T, F, k, feature_names=splits.feature_names),
               "keras": reference_model(model_config, T, F, k)}
-    rates: dict[str, list[float]] = {key: [] for key in models}
-    for model in models.values():
-        training.compile_model(model, train_config)
-        model.fit(dataset, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing
-    for _ in range(args.repetitions):
-        for key, model in models.items():
-            t0 = time.perf_counter()
-            model.fit(dataset, epochs=1, verbose=0, shuffle=False)
-            rates[key].append(windows / (time.perf_counter() - t0))
+    rates = interleaved_rates(models, dataset, train_config, args.repetitions, windows)
     rss3 = peak_rss_bytes()
     ours, ref = statistics.median(rates["regimetry"]), statistics.median(rates["keras"])
     params = {key: m.count_params() for key, m in models.items()}
