@@ -93,7 +93,9 @@ class NanPaddingMask(keras.layers.Layer):
     def call(self, inputs):
         is_nan = ops.isnan(inputs)
         padding_mask = ops.logical_not(ops.all(is_nan, axis=-1))
-        values = ops.where(is_nan, ops.zeros_like(inputs), inputs)
+        # A scalar zero, not zeros_like: at wide inputs (1,705 features) the full zero tensor halved the
+        # training rate (benchmarks/README.md, "Width"); the values are the same.
+        values = ops.where(is_nan, ops.cast(0.0, inputs.dtype), inputs)
         return values, padding_mask
 
     def compute_output_spec(self, inputs):
