@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from pg_cluster import fresh_database
 from regimetry import studies, tracking
 from regimetry.studies import Ablation, Arm, Budget, Categorical, Float, SearchSpace
 
@@ -336,24 +337,12 @@ def _trial_table(root):
     return out
 
 
-def _fresh_postgres_database(url: str) -> str:
-    """A new, empty database on the test cluster (one per test: studies never collide)."""
-    import uuid
-
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + f"/{name}"
-
-
 def _storage_url(kind: str, root: Path, request) -> str:
     if kind == "sqlite":
         return f"sqlite:///{root}/optuna.db"
     if kind == "journal":
         return f"journal:///{root}/optuna.log"
-    return _fresh_postgres_database(request.getfixturevalue("postgres_url"))
+    return fresh_database(request.getfixturevalue("postgres_url"))
 
 
 def _running_trials(storage_url: str) -> list:
@@ -418,7 +407,7 @@ def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(
 def test_postgres_two_simultaneous_tuning_processes_then_confirm(postgres_url, tmp_path):
     """Issue 14: several machines share one PostgreSQL: two processes tune at once and finish
     exactly the budget with the same configuration per slot in every arm; a confirm stage follows."""
-    storage_url = _fresh_postgres_database(postgres_url)
+    storage_url = fresh_database(postgres_url)
     args = _args(tmp_path, "--paths", "1")
     args[args.index("--storage") + 1] = storage_url
     script = tmp_path / "tune.py"
