@@ -69,6 +69,8 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 #: Trial system attribute: the owner process (host, pid, start) that claimed the trial.
 OWNER_ATTR = "regimetry_owner"
+#: Study user attribute: the owner process that created the study and enqueues its budget.
+CREATOR_ATTR = "regimetry_creator"
 METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
 #: Classical references every arm is compared with, on the same folds (issue 11): HAR-RV (Corsi 2009) and
 #: persistence (today's trailing realized vol, bucketed at the label thresholds).
@@ -488,17 +490,22 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
     """Create the study and enqueue exactly ``budget.trials_per_arm`` trials, or load it.
 
     Creation is atomic in the storage, so when several processes start at once exactly one enqueues;
-    the others wait until the budget is recorded. A larger budget on a re-run enqueues the
-    difference (do that from one process). With ``space``, each enqueued trial carries its nuisance
-    configuration (:func:`draw_configurations`), so trial ``i`` is the same in every arm and run.
+    the others wait until the budget is recorded. The creator records itself first (host, pid, start
+    time): if it was killed before recording the budget, a process on its host finishes the enqueue
+    at once (:func:`_take_over_creation`). A larger budget on a re-run enqueues the difference (do that
+    from one process). With ``space``, each enqueued trial carries its nuisance configuration
+    (:func:`draw_configurations`), so trial ``i`` is the same in every arm and run.
 
     Raises:
         ValueError: the stored study was tuned on other data (``data_key`` differs): resuming it would
             mix trials of two datasets; use another ``--storage`` or delete the study.
+        RuntimeError: the budget was never recorded and its creator cannot be checked (another host,
+            or it died before recording itself), naming the study to delete.
     """
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                     sampler=_sampler(seed), pruner=_pruner(budget))
+        study.set_user_attr(CREATOR_ATTR, processes.owner())
         if data_key is not None:
             study.set_user_attr("data", data_key)
         _enqueue_slots(study, space, seed, 0, budget.trials_per_arm)
@@ -509,8 +516,13 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(seed), pruner=_pruner(budget))
     deadline = time.monotonic() + wait_seconds
     while "budget" not in study.user_attrs:
+        if processes.owner_is_dead(study.user_attrs.get(CREATOR_ATTR)) and _take_over_creation(
+                study, budget, space, seed, data_key):
+            break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"study {name!r} exists but its budget was never recorded (creator died?)")
+            raise RuntimeError(f"study {name!r} exists but its budget was never recorded (its creator died while "
+                               f"creating it?); delete it (optuna delete-study --study-name {name!r} --storage ...) "
+                               "and re-run")
         time.sleep(0.5)
     stored = study.user_attrs.get("data")
     if data_key is not None and stored is not None and stored != data_key:
@@ -526,6 +538,37 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
         _enqueue_slots(study, space, seed, recorded, budget.trials_per_arm)
         study.set_user_attr("budget", budget.trials_per_arm)
     return study
+
+
+def _take_over_creation(study: optuna.Study, budget: Budget, space: SearchSpace | None, seed: int,
+                        data_key: str | None, settle: float = 1.0) -> bool:
+    """Finish creating a study whose creator died before recording its budget (``kill -9`` during start-up).
+
+    This process records itself as the creator, waits ``settle`` seconds and goes on only if the record is
+    still its own: when several processes find the same dead creator, the last one to write wins and the
+    others go back to waiting. It then enqueues the budget slots not yet enqueued (by their ``slot``
+    attribute, so no slot is doubled) and records the budget.
+
+    Returns:
+        Whether this process finished the creation.
+    """
+    me = processes.owner()
+    study.set_user_attr(CREATOR_ATTR, me)
+    time.sleep(settle)
+    fresh = optuna.load_study(study_name=study.study_name, storage=study._storage)
+    if fresh.user_attrs.get(CREATOR_ATTR) != me:
+        return False
+    if data_key is not None and "data" not in fresh.user_attrs:
+        study.set_user_attr("data", data_key)
+    enqueued = {t.user_attrs.get("slot") for t in fresh.get_trials(deepcopy=False)}
+    configs = draw_configurations(space, budget.trials_per_arm, seed) if space is not None else [{}] * budget.trials_per_arm
+    for slot, params in enumerate(configs):
+        if slot not in enqueued:
+            study.enqueue_trial(params, user_attrs={"regimetry_budget_slot": True, "slot": slot})
+    study.set_user_attr("budget", budget.trials_per_arm)
+    logger.info("%s: its creator process is gone; finished enqueueing its %d trials", study.study_name,
+                budget.trials_per_arm)
+    return True
 
 
 def _enqueue_slots(study: optuna.Study, space: SearchSpace | None, seed: int, start: int, stop: int) -> None:

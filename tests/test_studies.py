@@ -85,6 +85,31 @@ def test_ensure_study_enqueues_exact_budget_once(tmp_path):
     assert len(bigger.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 5
 
 
+def test_a_study_whose_creator_died_mid_creation_is_finished_by_the_next_process(tmp_path):
+    """Issue 14: kill -9 between creating a study and recording its budget left it unusable (every
+    re-run waited 120 s, then failed). A process on the creator's host finishes the enqueue at once,
+    without doubling a slot; a creator that lives, or that never recorded itself, is still waited for."""
+    import socket
+
+    storage = studies.resolve_storage(f"sqlite:///{tmp_path}/optuna.db")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    configs = studies.draw_configurations(TINY_SPACE, 3, seed=0)
+    for name, creator in (("x/dead", {"host": socket.gethostname(), "pid": gone.pid, "start": "1"}),
+                          ("x/alive", studies.processes.owner()), ("x/unknown", None)):
+        study = optuna.create_study(storage=storage, study_name=name)
+        if creator is not None:
+            study.set_user_attr(studies.CREATOR_ATTR, creator)
+        study.enqueue_trial(configs[0], user_attrs={"regimetry_budget_slot": True, "slot": 0})  # then killed
+    study = studies.ensure_study(storage, "x/dead", TINY_BUDGET, seed=0, space=TINY_SPACE, wait_seconds=30)
+    assert study.user_attrs["budget"] == 3
+    assert sorted((t.user_attrs["slot"], t.system_attrs["fixed_params"]) for t in study.trials) == \
+        [(i, c) for i, c in enumerate(configs)]
+    for name in ("x/alive", "x/unknown"):
+        with pytest.raises(RuntimeError, match="budget was never recorded.*delete-study"):
+            studies.ensure_study(storage, name, TINY_BUDGET, seed=0, space=TINY_SPACE, wait_seconds=1)
+
+
 def test_every_arm_gets_the_same_configurations_whatever_the_claim_order(tmp_path):
     """Issue 14: configurations are drawn up front and enqueued with their parameters, so trial i of
     every arm is configuration i, however workers interleave (here: opposite claim orders)."""
