@@ -41,12 +41,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -76,6 +78,12 @@ METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
 #: persistence (today's trailing realized vol, bucketed at the label thresholds).
 REFERENCE_BASELINES = ("har_rv", "persistence")
 DEFAULT_JOBS = max(1, min(2, os.cpu_count() or 1))
+#: Tags of a confirmation run that let a re-run resume an interrupted confirmation (issue 14): what
+#: determines the run's result (:func:`_confirm_key`), and the ablation session (parent run) it belongs to.
+CONFIRM_KEY_TAG = "confirm_key"
+SESSION_TAG = "session_run"
+#: A confirmation run's test-block class probabilities, exactly as pooled into the summary (float32).
+CONFIRM_PROBS_ARTIFACT = "confirm/test_probs.npy"
 
 __all__ = [
     "Float",
@@ -971,7 +979,7 @@ def _best_configs(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, ModelC
 
 
 def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int,
-                 model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+                 model_cfg: ModelConfig, train_cfg: TrainConfig, key: str) -> dict[str, Any]:
     from regimetry import tracking, training
 
     arm = ctx.ablation.arm(arm_name)
@@ -980,7 +988,8 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
     seed = seed + arm.seed_offset
     train_cfg = train_cfg.replace(seed=seed)
     training.set_global_seed(seed)
-    tags = {"stage": "confirm", "arm": arm.name, "seed": str(seed), "fold": str(block_index)}
+    tags = {"stage": "confirm", "arm": arm.name, "seed": str(seed), "fold": str(block_index),
+            CONFIRM_KEY_TAG: key, SESSION_TAG: ctx.parent_run_id}
     with tracking.run(ctx.ablation.name, run_name=f"fold{block_index}/seed{seed}",
                       parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
         result = training.fit(splits, model_cfg, train_cfg)
@@ -991,12 +1000,88 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
         tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="confirm", arm=arm.name,
                                   seed=seed, test=True, full_model=full_model)
         probs = training.predict_proba(result.model, splits.test.X)
+        # Logged before the run ends FINISHED, so every FINISHED confirmation run holds its probabilities
+        # and a re-run after a crash can pool them instead of training again (_resume_confirmations).
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(CONFIRM_PROBS_ARTIFACT).name
+            np.save(path, probs)
+            tracking.log_artifact(path, str(Path(CONFIRM_PROBS_ARTIFACT).parent))
         run_id = active.run_id
+    return _confirm_result(arm, block_index, seed, splits, probs, run_id)
+
+
+def _confirm_result(arm: Arm, block_index: int, seed: int, splits, probs: np.ndarray, run_id: str) -> dict[str, Any]:
+    """What the summary pools from one confirmation run (trained now or resumed)."""
     out = {"arm": arm.name, "fold": block_index, "seed": seed, "run_id": run_id,
            "y_true": splits.test.y, "probs": probs, "index": splits.test.index}
     if _has_ceiling(splits.config):
         out["ceiling"] = _ceiling_accuracy(splits)
     return out
+
+
+def _confirm_key(ctx: _WorkerContext, arm: Arm, best_number: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 block_index: int, seed: int, code: str) -> str:
+    """Everything that determines a confirmation run's result, hashed: the arm's study identity (data,
+    arm, fixed settings, nuisance space), its best trial and configuration, the budget, the evaluation
+    blocks, the block, the seed and the code version (git sha). Two runs with the same key train the
+    same model on the same windows, so a re-run may pool a finished one instead of training again."""
+    identity = {"study": study_name(ctx.ablation, arm), "identity": study_key(ctx.ablation, arm, ctx.data_config),
+                "seed_offset": arm.seed_offset, "best_trial": best_number, "model": model_cfg.to_dict(),
+                "train": train_cfg.to_dict(), "budget": dataclasses.asdict(ctx.budget),
+                "blocks": [ctx.options.paths, ctx.options.smoke], "block": block_index, "seed": seed, "code": code}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resume_confirmations(ctx: _WorkerContext, plan: list[tuple]) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """Split ``plan`` into the runs an interrupted session already finished and the runs still to do.
+
+    A FINISHED confirmation run is taken over when its key (:func:`_confirm_key`) is planned and its
+    session (parent run) ended KILLED or FAILED: a crashed or killed invocation, whose RUNNING runs
+    :func:`regimetry.tracking.end_orphaned_runs` ended just before. It moves under this session's arm
+    run (``mlflow.parentRunId``, :data:`SESSION_TAG`; ``resumed_from`` names the old session), so each
+    session holds exactly its blocks x seeds runs per arm and no confirmation run is duplicated. Runs of
+    FINISHED sessions are never taken (a finished result stays its own), nor those of live sessions.
+
+    Returns:
+        ``(results of the runs taken over, the tasks still to run)``.
+    """
+    from regimetry import tracking
+
+    wanted = {task[-1]: task for task in plan}
+    runs = tracking.search_runs(ctx.ablation.name, "tags.stage = 'confirm' and attributes.status = 'FINISHED'",
+                                order_by=["attribute.start_time ASC"])
+    column = f"tags.{CONFIRM_KEY_TAG}"
+    if runs.empty or column not in runs:
+        return [], plan
+    blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
+    sessions: dict[str, str | None] = {}
+    taken: dict[str, dict[str, Any]] = {}
+    for record in runs.to_dict("records"):
+        key, session = record.get(column), record.get(f"tags.{SESSION_TAG}")
+        if key not in wanted or key in taken or not isinstance(session, str) or session == ctx.parent_run_id:
+            continue
+        if session not in sessions:
+            try:
+                sessions[session] = tracking.run_status(session)
+            except Exception:  # noqa: BLE001 - a deleted session: its runs are not taken
+                sessions[session] = None
+        if sessions[session] not in ("KILLED", "FAILED"):
+            continue
+        arm_name, block_index, seed = wanted[key][:3]
+        arm = ctx.ablation.arm(arm_name)
+        splits = apply_arm_to_splits(arm, blocks[block_index], ctx.options.seed)
+        try:
+            probs = np.load(tracking.download_artifacts(record["run_id"], CONFIRM_PROBS_ARTIFACT))
+        except Exception as exc:  # noqa: BLE001 - an unreadable artifact: train the run again
+            logger.warning("confirmation run %s: cannot read %s (%s); training it again", record["run_id"],
+                           CONFIRM_PROBS_ARTIFACT, one_line(exc))
+            continue
+        if probs.shape[0] != len(splits.test):
+            continue
+        tracking.set_tags({"mlflow.parentRunId": ctx.arm_run_ids[arm_name], SESSION_TAG: ctx.parent_run_id,
+                           "resumed_from": session}, run_id=record["run_id"])
+        taken[key] = _confirm_result(arm, block_index, seed + arm.seed_offset, splits, probs, record["run_id"])
+    return list(taken.values()), [task for task in plan if task[-1] not in taken]
 
 
 def _confirm_process(ctx: _WorkerContext, tasks, tracking_uri: str, queue) -> None:
@@ -1347,22 +1432,30 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     storage = resolve_storage(ctx.options.storage)
     blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
     seeds = [ctx.options.seed + s for s in range(ctx.budget.seeds)]
+    code = tracking.git_info()["git_sha"]
     plan, bests = [], {}
     for arm in arm_list:
         study = _arm_study(storage, ctx, arm)
         best, model_cfg, train_cfg = _best_configs(study)
         bests[arm.name] = (study, best, model_cfg, train_cfg)
-        plan += [(arm.name, b, seed, model_cfg, train_cfg) for b in range(len(blocks)) for seed in seeds]
+        plan += [(arm.name, b, seed, model_cfg, train_cfg,
+                  _confirm_key(ctx, arm, best.number, model_cfg, train_cfg, b, seed, code))
+                 for b in range(len(blocks)) for seed in seeds]
 
-    results, started = [], time.monotonic()
-    if ctx.options.jobs <= 1:
-        for task in plan:
+    results, todo = _resume_confirmations(ctx, plan)
+    if results:
+        print(f"== {ctx.ablation.name}: resuming {len(results)} confirmation run(s) an interrupted run finished; "
+              f"{len(todo)} to run", flush=True)
+    started = time.monotonic()
+    jobs = min(ctx.options.jobs, len(todo))
+    if jobs <= 1:
+        for task in todo:
             results.append(_confirm_one(ctx, *task))
             _confirm_progress(results, plan, started)
     else:
         context = mp.get_context("spawn")
         queue = context.Queue()
-        chunks = [plan[i::ctx.options.jobs] for i in range(ctx.options.jobs)]
+        chunks = [todo[i::jobs] for i in range(jobs)]
         procs = [context.Process(target=_confirm_process, args=(ctx, chunk, tracking_uri, queue)) for chunk in chunks]
         for p in procs:
             p.start()

@@ -429,6 +429,65 @@ def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(
         assert _trial_table(killed) == _trial_table(clean)
 
 
+def _verdicts_and_pooled(root) -> tuple:
+    """The finished session's verdicts tag and its arm runs' pooled test metrics (exact reprs)."""
+    runs = _runs(root, "tiny_ablation")
+    parent = runs[(runs["tags.stage"] == "study") & (runs["status"] == "FINISHED")].sort_values("start_time").iloc[-1]
+    arms = runs[(runs["tags.stage"] == "arm") & (runs["tags.mlflow.parentRunId"] == parent["run_id"])]
+    pooled = {row["tags.arm"]: {k: repr(float(row[k])) for k in runs.columns if k.startswith("metrics.confirm/test/")}
+              for _, row in arms.iterrows()}  # repr: exact, and NaN (a 1-seed std) equals NaN
+    return parent["tags.verdicts"], pooled, set(arms["run_id"])
+
+
+@pytest.mark.slow
+def test_kill_9_during_confirmation_then_an_immediate_rerun_resumes_it(tmp_path):
+    """Issue 14: kill -9 of the process group while confirmation runs. The immediate re-run takes over
+    the confirmation runs the dead session finished (no duplicate, no retraining), trains the rest, and
+    gives the verdicts and pooled metrics of an uninterrupted run, bit for bit, with nothing RUNNING."""
+    import signal
+    import time
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    killed.mkdir(), clean.mkdir()
+    args = _args(killed)  # 2 paths x 1 seed x 2 arms = 4 confirmation runs
+    script = killed / "run.py"
+    script.write_text(_KILLABLE.format(tests=str(Path(__file__).parent), args=args))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = _runs(killed, "tiny_ablation")
+            if len(runs) and "tags.stage" in runs and \
+                    ((runs["tags.stage"] == "confirm") & (runs["status"] == "FINISHED")).any():
+                break
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    before = _runs(killed, "tiny_ablation")
+    finished_before = set(before.loc[(before["tags.stage"] == "confirm") & (before["status"] == "FINISHED"), "run_id"])
+    assert 1 <= len(finished_before) < 4
+
+    assert studies.main(_tiny(), args) == 0  # immediately, no grace period
+    runs = _runs(killed, "tiny_ablation")
+    assert "RUNNING" not in set(runs["status"])
+    for arm in ("mean", "last"):
+        counts = studies.budget_counts(_study(killed, f"tiny_ablation/{arm}"))
+        assert counts["COMPLETE"] + counts["PRUNED"] == 3 and counts["RUNNING"] == counts["WAITING"] == 0, counts
+    verdicts, pooled, arm_runs = _verdicts_and_pooled(killed)
+    confirms = runs[(runs["tags.stage"] == "confirm") & (runs["status"] == "FINISHED")]
+    assert len(confirms) == 4 and set(confirms["tags.mlflow.parentRunId"]) <= arm_runs  # none duplicated
+    resumed = set(confirms.loc[confirms["tags.resumed_from"].notna(), "run_id"])
+    assert resumed == finished_before  # taken over, not trained again
+
+    assert studies.main(_tiny(), _args(clean)) == 0
+    assert (verdicts, pooled) == _verdicts_and_pooled(clean)[:2]
+    assert verdicts and all(len(metrics) >= 3 for metrics in pooled.values())
+
+
 def test_postgres_two_simultaneous_tuning_processes_then_confirm(postgres_url, tmp_path):
     """Issue 14: several machines share one PostgreSQL: two processes tune at once and finish
     exactly the budget with the same configuration per slot in every arm; a confirm stage follows."""
