@@ -29,6 +29,11 @@ budget, and re-running the same command resumes: only trials not yet run are run
 by Ctrl-C is marked FAIL (user attribute ``interrupted``) and replaced by a new WAITING trial, so the
 budget of finished trials stays exact. On RDB storages a heartbeat marks trials of a killed process
 as FAIL after a grace period and enqueues their retry (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+A process on the same host does not wait for it: trials and MLflow runs record their owner process,
+and a re-run retries a dead owner's trials at once (:func:`recover_orphaned_trials`), finishes a study
+whose creator died before recording its budget, and takes over the confirmation runs a killed
+invocation finished (:func:`_resume_confirmations`), so a ``kill -9`` at any moment followed by a
+re-run gives the budget and verdicts of an uninterrupted run (``benchmarks/crash_recovery.py``).
 
 MLflow: experiment = the script's stem; a parent run per invocation (tags: studies, storage), a child
 run per arm, and under each arm a child run per trial (tags ``stage=trial``, ``optuna_trial``,
