@@ -29,6 +29,11 @@ budget, and re-running the same command resumes: only trials not yet run are run
 by Ctrl-C is marked FAIL (user attribute ``interrupted``) and replaced by a new WAITING trial, so the
 budget of finished trials stays exact. On RDB storages a heartbeat marks trials of a killed process
 as FAIL after a grace period and enqueues their retry (Optuna's ``RetryHeartbeatStaleTrialCallback``).
+A process on the same host does not wait for it: trials and MLflow runs record their owner process,
+and a re-run retries a dead owner's trials at once (:func:`recover_orphaned_trials`), finishes a study
+whose creator died before recording its budget, and takes over the confirmation runs a killed
+invocation finished (:func:`_resume_confirmations`), so a ``kill -9`` at any moment followed by a
+re-run gives the budget and verdicts of an uninterrupted run (``benchmarks/crash_recovery.py``).
 
 MLflow: experiment = the script's stem; a parent run per invocation (tags: studies, storage), a child
 run per arm, and under each arm a child run per trial (tags ``stage=trial``, ``optuna_trial``,
@@ -41,12 +46,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -69,11 +76,19 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 #: Trial system attribute: the owner process (host, pid, start) that claimed the trial.
 OWNER_ATTR = "regimetry_owner"
+#: Study user attribute: the owner process that created the study and enqueues its budget.
+CREATOR_ATTR = "regimetry_creator"
 METRICS_OF_RECORD = ("balanced_accuracy", "macro_f1", "log_loss")
 #: Classical references every arm is compared with, on the same folds (issue 11): HAR-RV (Corsi 2009) and
 #: persistence (today's trailing realized vol, bucketed at the label thresholds).
 REFERENCE_BASELINES = ("har_rv", "persistence")
 DEFAULT_JOBS = max(1, min(2, os.cpu_count() or 1))
+#: Tags of a confirmation run that let a re-run resume an interrupted confirmation (issue 14): what
+#: determines the run's result (:func:`_confirm_key`), and the ablation session (parent run) it belongs to.
+CONFIRM_KEY_TAG = "confirm_key"
+SESSION_TAG = "session_run"
+#: A confirmation run's test-block class probabilities, exactly as pooled into the summary (float32).
+CONFIRM_PROBS_ARTIFACT = "confirm/test_probs.npy"
 
 __all__ = [
     "Float",
@@ -525,17 +540,22 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
     """Create the study and enqueue exactly ``budget.trials_per_arm`` trials, or load it.
 
     Creation is atomic in the storage, so when several processes start at once exactly one enqueues;
-    the others wait until the budget is recorded. A larger budget on a re-run enqueues the
-    difference (do that from one process). With ``space``, each enqueued trial carries its nuisance
-    configuration (:func:`draw_configurations`), so trial ``i`` is the same in every arm and run.
+    the others wait until the budget is recorded. The creator records itself first (host, pid, start
+    time): if it was killed before recording the budget, a process on its host finishes the enqueue
+    at once (:func:`_take_over_creation`). A larger budget on a re-run enqueues the difference (do that
+    from one process). With ``space``, each enqueued trial carries its nuisance configuration
+    (:func:`draw_configurations`), so trial ``i`` is the same in every arm and run.
 
     Raises:
         ValueError: the stored study was tuned on other data (``data_key`` differs): resuming it would
             mix trials of two datasets; use another ``--storage`` or delete the study.
+        RuntimeError: the budget was never recorded and its creator cannot be checked (another host,
+            or it died before recording itself), naming the study to delete.
     """
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction=direction,
                                     sampler=_sampler(seed), pruner=_pruner(budget))
+        study.set_user_attr(CREATOR_ATTR, processes.owner())
         if data_key is not None:
             study.set_user_attr("data", data_key)
         _enqueue_slots(study, space, seed, 0, budget.trials_per_arm)
@@ -546,8 +566,13 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(seed), pruner=_pruner(budget))
     deadline = time.monotonic() + wait_seconds
     while "budget" not in study.user_attrs:
+        if processes.owner_is_dead(study.user_attrs.get(CREATOR_ATTR)) and _take_over_creation(
+                study, budget, space, seed, data_key):
+            break
         if time.monotonic() > deadline:
-            raise RuntimeError(f"study {name!r} exists but its budget was never recorded (creator died?)")
+            raise RuntimeError(f"study {name!r} exists but its budget was never recorded (its creator died while "
+                               f"creating it?); delete it (optuna delete-study --study-name {name!r} --storage ...) "
+                               "and re-run")
         time.sleep(0.5)
     stored = study.user_attrs.get("data")
     if data_key is not None and stored is not None and stored != data_key:
@@ -563,6 +588,37 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
         _enqueue_slots(study, space, seed, recorded, budget.trials_per_arm)
         study.set_user_attr("budget", budget.trials_per_arm)
     return study
+
+
+def _take_over_creation(study: optuna.Study, budget: Budget, space: SearchSpace | None, seed: int,
+                        data_key: str | None, settle: float = 1.0) -> bool:
+    """Finish creating a study whose creator died before recording its budget (``kill -9`` during start-up).
+
+    This process records itself as the creator, waits ``settle`` seconds and goes on only if the record is
+    still its own: when several processes find the same dead creator, the last one to write wins and the
+    others go back to waiting. It then enqueues the budget slots not yet enqueued (by their ``slot``
+    attribute, so no slot is doubled) and records the budget.
+
+    Returns:
+        Whether this process finished the creation.
+    """
+    me = processes.owner()
+    study.set_user_attr(CREATOR_ATTR, me)
+    time.sleep(settle)
+    fresh = optuna.load_study(study_name=study.study_name, storage=study._storage)
+    if fresh.user_attrs.get(CREATOR_ATTR) != me:
+        return False
+    if data_key is not None and "data" not in fresh.user_attrs:
+        study.set_user_attr("data", data_key)
+    enqueued = {t.user_attrs.get("slot") for t in fresh.get_trials(deepcopy=False)}
+    configs = draw_configurations(space, budget.trials_per_arm, seed) if space is not None else [{}] * budget.trials_per_arm
+    for slot, params in enumerate(configs):
+        if slot not in enqueued:
+            study.enqueue_trial(params, user_attrs={"regimetry_budget_slot": True, "slot": slot})
+    study.set_user_attr("budget", budget.trials_per_arm)
+    logger.info("%s: its creator process is gone; finished enqueueing its %d trials", study.study_name,
+                budget.trials_per_arm)
+    return True
 
 
 def _enqueue_slots(study: optuna.Study, space: SearchSpace | None, seed: int, start: int, stop: int) -> None:
@@ -965,7 +1021,7 @@ def _best_configs(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, ModelC
 
 
 def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int,
-                 model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+                 model_cfg: ModelConfig, train_cfg: TrainConfig, key: str) -> dict[str, Any]:
     from regimetry import tracking, training
 
     arm = ctx.ablation.arm(arm_name)
@@ -974,7 +1030,8 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
     seed = seed + arm.seed_offset
     train_cfg = train_cfg.replace(seed=seed)
     training.set_global_seed(seed)
-    tags = {"stage": "confirm", "arm": arm.name, "seed": str(seed), "fold": str(block_index)}
+    tags = {"stage": "confirm", "arm": arm.name, "seed": str(seed), "fold": str(block_index),
+            CONFIRM_KEY_TAG: key, SESSION_TAG: ctx.parent_run_id}
     with tracking.run(ctx.ablation.name, run_name=f"fold{block_index}/seed{seed}",
                       parent_run_id=ctx.arm_run_ids.get(arm.name), tags=tags) as active:
         # One kept compiled model per configuration and worker: its graphs are traced once, not once
@@ -987,12 +1044,88 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
         full_model = block_index == len(blocks) - 1 and seed == ctx.options.seed + arm.seed_offset
         tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="confirm", arm=arm.name,
                                   seed=seed, test=True, full_model=full_model, test_probs=probs)
+        # Logged before the run ends FINISHED, so every FINISHED confirmation run holds its probabilities
+        # and a re-run after a crash can pool them instead of training again (_resume_confirmations).
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(CONFIRM_PROBS_ARTIFACT).name
+            np.save(path, probs)
+            tracking.log_artifact(path, str(Path(CONFIRM_PROBS_ARTIFACT).parent))
         run_id = active.run_id
+    return _confirm_result(arm, block_index, seed, splits, probs, run_id)
+
+
+def _confirm_result(arm: Arm, block_index: int, seed: int, splits, probs: np.ndarray, run_id: str) -> dict[str, Any]:
+    """What the summary pools from one confirmation run (trained now or resumed)."""
     out = {"arm": arm.name, "fold": block_index, "seed": seed, "run_id": run_id,
            "y_true": splits.test.y, "probs": probs, "index": splits.test.index}
     if _has_ceiling(splits.config):
         out["ceiling"] = _ceiling_accuracy(splits)
     return out
+
+
+def _confirm_key(ctx: _WorkerContext, arm: Arm, best_number: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                 block_index: int, seed: int, code: str) -> str:
+    """Everything that determines a confirmation run's result, hashed: the arm's study identity (data,
+    arm, fixed settings, nuisance space), its best trial and configuration, the budget, the evaluation
+    blocks, the block, the seed and the code version (git sha). Two runs with the same key train the
+    same model on the same windows, so a re-run may pool a finished one instead of training again."""
+    identity = {"study": study_name(ctx.ablation, arm), "identity": study_key(ctx.ablation, arm, ctx.data_config),
+                "seed_offset": arm.seed_offset, "best_trial": best_number, "model": model_cfg.to_dict(),
+                "train": train_cfg.to_dict(), "budget": dataclasses.asdict(ctx.budget),
+                "blocks": [ctx.options.paths, ctx.options.smoke], "block": block_index, "seed": seed, "code": code}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resume_confirmations(ctx: _WorkerContext, plan: list[tuple]) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """Split ``plan`` into the runs an interrupted session already finished and the runs still to do.
+
+    A FINISHED confirmation run is taken over when its key (:func:`_confirm_key`) is planned and its
+    session (parent run) ended KILLED or FAILED: a crashed or killed invocation, whose RUNNING runs
+    :func:`regimetry.tracking.end_orphaned_runs` ended just before. It moves under this session's arm
+    run (``mlflow.parentRunId``, :data:`SESSION_TAG`; ``resumed_from`` names the old session), so each
+    session holds exactly its blocks x seeds runs per arm and no confirmation run is duplicated. Runs of
+    FINISHED sessions are never taken (a finished result stays its own), nor those of live sessions.
+
+    Returns:
+        ``(results of the runs taken over, the tasks still to run)``.
+    """
+    from regimetry import tracking
+
+    wanted = {task[-1]: task for task in plan}
+    runs = tracking.search_runs(ctx.ablation.name, "tags.stage = 'confirm' and attributes.status = 'FINISHED'",
+                                order_by=["attribute.start_time ASC"])
+    column = f"tags.{CONFIRM_KEY_TAG}"
+    if runs.empty or column not in runs:
+        return [], plan
+    blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
+    sessions: dict[str, str | None] = {}
+    taken: dict[str, dict[str, Any]] = {}
+    for record in runs.to_dict("records"):
+        key, session = record.get(column), record.get(f"tags.{SESSION_TAG}")
+        if key not in wanted or key in taken or not isinstance(session, str) or session == ctx.parent_run_id:
+            continue
+        if session not in sessions:
+            try:
+                sessions[session] = tracking.run_status(session)
+            except Exception:  # noqa: BLE001 - a deleted session: its runs are not taken
+                sessions[session] = None
+        if sessions[session] not in ("KILLED", "FAILED"):
+            continue
+        arm_name, block_index, seed = wanted[key][:3]
+        arm = ctx.ablation.arm(arm_name)
+        splits = apply_arm_to_splits(arm, blocks[block_index], ctx.options.seed)
+        try:
+            probs = np.load(tracking.download_artifacts(record["run_id"], CONFIRM_PROBS_ARTIFACT))
+        except Exception as exc:  # noqa: BLE001 - an unreadable artifact: train the run again
+            logger.warning("confirmation run %s: cannot read %s (%s); training it again", record["run_id"],
+                           CONFIRM_PROBS_ARTIFACT, one_line(exc))
+            continue
+        if probs.shape[0] != len(splits.test):
+            continue
+        tracking.set_tags({"mlflow.parentRunId": ctx.arm_run_ids[arm_name], SESSION_TAG: ctx.parent_run_id,
+                           "resumed_from": session}, run_id=record["run_id"])
+        taken[key] = _confirm_result(arm, block_index, seed + arm.seed_offset, splits, probs, record["run_id"])
+    return list(taken.values()), [task for task in plan if task[-1] not in taken]
 
 
 def _confirm_process(ctx: _WorkerContext, tasks, tracking_uri: str, queue) -> None:
@@ -1343,22 +1476,30 @@ def _confirm_and_summarize(ctx: _WorkerContext, arm_list: list[Arm], tracking_ur
     storage = resolve_storage(ctx.options.storage)
     blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
     seeds = [ctx.options.seed + s for s in range(ctx.budget.seeds)]
+    code = tracking.git_info()["git_sha"]
     plan, bests = [], {}
     for arm in arm_list:
         study = _arm_study(storage, ctx, arm)
         best, model_cfg, train_cfg = _best_configs(study)
         bests[arm.name] = (study, best, model_cfg, train_cfg)
-        plan += [(arm.name, b, seed, model_cfg, train_cfg) for b in range(len(blocks)) for seed in seeds]
+        plan += [(arm.name, b, seed, model_cfg, train_cfg,
+                  _confirm_key(ctx, arm, best.number, model_cfg, train_cfg, b, seed, code))
+                 for b in range(len(blocks)) for seed in seeds]
 
-    results, started = [], time.monotonic()
-    if ctx.options.jobs <= 1:
-        for task in plan:
+    results, todo = _resume_confirmations(ctx, plan)
+    if results:
+        print(f"== {ctx.ablation.name}: resuming {len(results)} confirmation run(s) an interrupted run finished; "
+              f"{len(todo)} to run", flush=True)
+    started = time.monotonic()
+    jobs = min(ctx.options.jobs, len(todo))
+    if jobs <= 1:
+        for task in todo:
             results.append(_confirm_one(ctx, *task))
             _confirm_progress(results, plan, started)
     else:
         context = mp.get_context("spawn")
         queue = context.Queue()
-        chunks = [plan[i::ctx.options.jobs] for i in range(ctx.options.jobs)]
+        chunks = [todo[i::jobs] for i in range(jobs)]
         procs = [context.Process(target=_confirm_process, args=(ctx, chunk, tracking_uri, queue)) for chunk in chunks]
         for p in procs:
             p.start()

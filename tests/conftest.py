@@ -112,75 +112,26 @@ def tiny_ablation_store(smoke_03):
 
 
 # ---- a throwaway PostgreSQL cluster (tests/test_studies.py: the storage promises on an RDB) ----
-def _postgres_binaries():
-    """Directory holding initdb and pg_ctl: on PATH, or Debian's /usr/lib/postgresql/<v>/bin."""
-    import glob
-    import shutil
-
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return os.path.dirname(found)
-    for bindir in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if os.path.exists(os.path.join(bindir, "initdb")):
-            return bindir
-    return None
-
-
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory):
     """A SQLAlchemy URL of a fresh PostgreSQL cluster on 127.0.0.1 in a temporary directory, or a
     skip that says why none can be started. ``$REGIMETRY_TEST_POSTGRES_URL`` uses a server you run.
 
-    As root (CI), the cluster runs under the ``postgres`` system user (initdb refuses root).
+    The cluster is started by ``tests/pg_cluster.py`` (shared with ``benchmarks/crash_recovery.py``);
+    as root (CI) it runs under the ``postgres`` system user.
     """
-    import pwd
-    import shutil
-    import socket
-    import subprocess
+    from pg_cluster import PostgresUnavailable, throwaway_postgres
 
     given = os.environ.get("REGIMETRY_TEST_POSTGRES_URL")
     if given:
         yield given
         return
     try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("PostgreSQL tests: the driver psycopg 3 is not installed (pip install 'psycopg[binary]')")
-    bindir = _postgres_binaries()
-    if bindir is None:
-        pytest.skip("PostgreSQL tests: no initdb/pg_ctl found (Debian: apt-get install postgresql; .ci/run does it)")
-    prefix = []
-    root = tmp_path_factory.mktemp("postgres")
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("PostgreSQL tests: running as root and there is no 'postgres' user to run the cluster")
-        runuser = shutil.which("runuser")
-        if runuser is None:
-            pytest.skip("PostgreSQL tests: running as root and runuser is missing")
-        prefix = [runuser, "-u", "postgres", "--"]
-        for path in (root, *root.parents):  # the postgres user must reach the directory
-            if str(path) in ("/", "/tmp"):
-                break
-            os.chmod(path, os.stat(path).st_mode | 0o711)
-        os.chown(root, user.pw_uid, user.pw_gid)
-    data = root / "data"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        cluster = throwaway_postgres(tmp_path_factory.mktemp("postgres"))
+        url = cluster.__enter__()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"PostgreSQL tests: {exc}")
     try:
-        subprocess.run([*prefix, os.path.join(bindir, "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                        "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-        subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", str(data), "-l", str(root / "log.txt"), "-w",
-                        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200", "start"],
-                       check=True, capture_output=True, timeout=120)
-    except (subprocess.SubprocessError, OSError) as exc:
-        detail = getattr(exc, "stderr", b"") or b""
-        pytest.skip(f"PostgreSQL tests: could not start a throwaway cluster: {exc} {detail.decode(errors='replace')[:300]}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
-        subprocess.run([*prefix, os.path.join(bindir, "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.__exit__(None, None, None)

@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from pg_cluster import fresh_database
 from regimetry import studies, tracking
 from regimetry.studies import Ablation, Arm, Budget, Categorical, Float, SearchSpace
 
@@ -107,6 +108,31 @@ def test_simultaneous_processes_never_claim_one_trial_twice_on_sqlite(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert sorted(claims) == list(range(60))  # every trial claimed, none twice
     assert len(study.get_trials(states=(optuna.trial.TrialState.RUNNING,))) == 60
+
+
+def test_a_study_whose_creator_died_mid_creation_is_finished_by_the_next_process(tmp_path):
+    """Issue 14: kill -9 between creating a study and recording its budget left it unusable (every
+    re-run waited 120 s, then failed). A process on the creator's host finishes the enqueue at once,
+    without doubling a slot; a creator that lives, or that never recorded itself, is still waited for."""
+    import socket
+
+    storage = studies.resolve_storage(f"sqlite:///{tmp_path}/optuna.db")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    configs = studies.draw_configurations(TINY_SPACE, 3, seed=0)
+    for name, creator in (("x/dead", {"host": socket.gethostname(), "pid": gone.pid, "start": "1"}),
+                          ("x/alive", studies.processes.owner()), ("x/unknown", None)):
+        study = optuna.create_study(storage=storage, study_name=name)
+        if creator is not None:
+            study.set_user_attr(studies.CREATOR_ATTR, creator)
+        study.enqueue_trial(configs[0], user_attrs={"regimetry_budget_slot": True, "slot": 0})  # then killed
+    study = studies.ensure_study(storage, "x/dead", TINY_BUDGET, seed=0, space=TINY_SPACE, wait_seconds=30)
+    assert study.user_attrs["budget"] == 3
+    assert sorted((t.user_attrs["slot"], t.system_attrs["fixed_params"]) for t in study.trials) == \
+        [(i, c) for i, c in enumerate(configs)]
+    for name in ("x/alive", "x/unknown"):
+        with pytest.raises(RuntimeError, match="budget was never recorded.*delete-study"):
+            studies.ensure_study(storage, name, TINY_BUDGET, seed=0, space=TINY_SPACE, wait_seconds=1)
 
 
 def test_every_arm_gets_the_same_configurations_whatever_the_claim_order(tmp_path):
@@ -361,24 +387,12 @@ def _trial_table(root):
     return out
 
 
-def _fresh_postgres_database(url: str) -> str:
-    """A new, empty database on the test cluster (one per test: studies never collide)."""
-    import uuid
-
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(url.replace("postgresql://", "postgresql://", 1), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + f"/{name}"
-
-
 def _storage_url(kind: str, root: Path, request) -> str:
     if kind == "sqlite":
         return f"sqlite:///{root}/optuna.db"
     if kind == "journal":
         return f"journal:///{root}/optuna.log"
-    return _fresh_postgres_database(request.getfixturevalue("postgres_url"))
+    return fresh_database(request.getfixturevalue("postgres_url"))
 
 
 def _running_trials(storage_url: str) -> list:
@@ -440,10 +454,69 @@ def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(
         assert _trial_table(killed) == _trial_table(clean)
 
 
+def _verdicts_and_pooled(root) -> tuple:
+    """The finished session's verdicts tag and its arm runs' pooled test metrics (exact reprs)."""
+    runs = _runs(root, "tiny_ablation")
+    parent = runs[(runs["tags.stage"] == "study") & (runs["status"] == "FINISHED")].sort_values("start_time").iloc[-1]
+    arms = runs[(runs["tags.stage"] == "arm") & (runs["tags.mlflow.parentRunId"] == parent["run_id"])]
+    pooled = {row["tags.arm"]: {k: repr(float(row[k])) for k in runs.columns if k.startswith("metrics.confirm/test/")}
+              for _, row in arms.iterrows()}  # repr: exact, and NaN (a 1-seed std) equals NaN
+    return parent["tags.verdicts"], pooled, set(arms["run_id"])
+
+
+@pytest.mark.slow
+def test_kill_9_during_confirmation_then_an_immediate_rerun_resumes_it(tmp_path):
+    """Issue 14: kill -9 of the process group while confirmation runs. The immediate re-run takes over
+    the confirmation runs the dead session finished (no duplicate, no retraining), trains the rest, and
+    gives the verdicts and pooled metrics of an uninterrupted run, bit for bit, with nothing RUNNING."""
+    import signal
+    import time
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    killed.mkdir(), clean.mkdir()
+    args = _args(killed)  # 2 paths x 1 seed x 2 arms = 4 confirmation runs
+    script = killed / "run.py"
+    script.write_text(_KILLABLE.format(tests=str(Path(__file__).parent), args=args))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = _runs(killed, "tiny_ablation")
+            if len(runs) and "tags.stage" in runs and \
+                    ((runs["tags.stage"] == "confirm") & (runs["status"] == "FINISHED")).any():
+                break
+            time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    before = _runs(killed, "tiny_ablation")
+    finished_before = set(before.loc[(before["tags.stage"] == "confirm") & (before["status"] == "FINISHED"), "run_id"])
+    assert 1 <= len(finished_before) < 4
+
+    assert studies.main(_tiny(), args) == 0  # immediately, no grace period
+    runs = _runs(killed, "tiny_ablation")
+    assert "RUNNING" not in set(runs["status"])
+    for arm in ("mean", "last"):
+        counts = studies.budget_counts(_study(killed, f"tiny_ablation/{arm}"))
+        assert counts["COMPLETE"] + counts["PRUNED"] == 3 and counts["RUNNING"] == counts["WAITING"] == 0, counts
+    verdicts, pooled, arm_runs = _verdicts_and_pooled(killed)
+    confirms = runs[(runs["tags.stage"] == "confirm") & (runs["status"] == "FINISHED")]
+    assert len(confirms) == 4 and set(confirms["tags.mlflow.parentRunId"]) <= arm_runs  # none duplicated
+    resumed = set(confirms.loc[confirms["tags.resumed_from"].notna(), "run_id"])
+    assert resumed == finished_before  # taken over, not trained again
+
+    assert studies.main(_tiny(), _args(clean)) == 0
+    assert (verdicts, pooled) == _verdicts_and_pooled(clean)[:2]
+    assert verdicts and all(len(metrics) >= 3 for metrics in pooled.values())
+
+
 def test_postgres_two_simultaneous_tuning_processes_then_confirm(postgres_url, tmp_path):
     """Issue 14: several machines share one PostgreSQL: two processes tune at once and finish
     exactly the budget with the same configuration per slot in every arm; a confirm stage follows."""
-    storage_url = _fresh_postgres_database(postgres_url)
+    storage_url = fresh_database(postgres_url)
     args = _args(tmp_path, "--paths", "1")
     args[args.index("--storage") + 1] = storage_url
     script = tmp_path / "tune.py"
