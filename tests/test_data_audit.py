@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from regimetry.config import DataConfig
-from regimetry.data import load_source, prepare
+from regimetry.data import load_source, prepare, prepare_folds
 from regimetry.data.audit import FLAG_THRESHOLD, leakage_audit
 from regimetry.data.features import compute_features
 from regimetry.data.sources import RegimetryDataWarning
@@ -58,8 +58,8 @@ def test_too_few_rows_are_reported_not_guessed():
         leakage_audit(pd.DataFrame({"x": r.to_numpy()}), r, horizon=21)
 
 
-def _csv_with(tmp_path, extra: dict) -> str:
-    bars = load_source(DataConfig(source="sp500")).bars.loc[:"2007-12-31"]
+def _csv_with(tmp_path, extra: dict, start: str | None = None, end: str = "2007-12-31") -> str:
+    bars = load_source(DataConfig(source="sp500")).bars.loc[start:end]
     frame = pd.DataFrame({"timestamp": bars.index.strftime("%Y-%m-%d"), "open": bars["open"], "high": bars["high"],
                           "low": bars["low"], "close": bars["close"], "volume": bars["volume"]})
     for name, values in extra.items():
@@ -85,6 +85,19 @@ def test_prepare_warns_names_the_column_and_can_refuse(tmp_path):
         assert "leakage_audit" not in prepare(DataConfig(**config, leakage_check="off")).extras
     with pytest.raises(ValueError, match="leakage_check: expected 'warn', 'error' or 'off'"):
         DataConfig(**config, leakage_check="maybe")
+
+
+def test_walk_forward_runs_audit_the_longest_training_period(tmp_path):
+    """A 2005-2012 file with 5 walk-forward folds from 2008: the first fold trains on about two years,
+    too few rows to see the centred and forward volatilities (the audit of an experiment run missed 2 of
+    3 canaries there); the last fold's training period sees all three."""
+    canaries = {name: (lambda b, name=name: _canaries(b["log_return"])[name])
+                for name in ("next_return", "centred_vol_21", "forward_vol_21")}
+    path = _csv_with(tmp_path, {"rsi_14": lambda b: _indicators(b)["rsi_14"], **canaries},
+                     start="2005-01-01", end="2012-12-31")
+    with pytest.raises(ValueError, match="next_return.*centred_vol_21.*forward_vol_21"):
+        prepare_folds(DataConfig(source="csv", csv_path=path, features=("log_return", "abs_return"),
+                                 folds_start="2008-01-01", num_folds=5, leakage_check="error"))
 
 
 def test_the_fixture_and_clean_columns_raise_no_warning(tmp_path):
