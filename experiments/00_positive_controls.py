@@ -50,7 +50,7 @@ from regimetry import tracking
 from regimetry.config import CONTROL_TASKS
 from regimetry.data.controls import get_control
 from regimetry.studies import (DEFAULT_JOBS, BudgetIncomplete, NoCompleteTrial, RunOptions, ReportFailed, _configure_logging, control_ablation,
-                               control_checks, run_ablation)
+                               control_checks, interrupt_on_sigterm, run_ablation)
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,6 +96,7 @@ def _markdown(checks: pd.DataFrame, header: list[str]) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging()
+    interrupt_on_sigterm()
     logging.getLogger("regimetry.controls").setLevel(logging.INFO)
     try:
         tasks = [t.strip() for t in args.controls.split(",") if t.strip()]

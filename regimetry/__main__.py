@@ -177,6 +177,12 @@ def _progress(epoch: int, metrics: dict[str, float]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m regimetry`` and the ``regimetry`` console script."""
     args = _parser().parse_args(argv)
+    import signal
+
+    def _terminated(signum, _frame):  # SIGTERM ends the run KILLED, as Ctrl-C does
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         if args.command == "train":
             return cmd_train(args)

@@ -44,6 +44,7 @@ run per arm, and under each arm a child run per trial (tags ``stage=trial``, ``o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -52,6 +53,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -91,6 +93,7 @@ SESSION_TAG = "session_run"
 CONFIRM_PROBS_ARTIFACT = "confirm/test_probs.npy"
 
 __all__ = [
+    "interrupt_on_sigterm",
     "Float",
     "Int",
     "Categorical",
@@ -907,16 +910,26 @@ def _run_trial(ctx: _WorkerContext, study: optuna.Study, trial: optuna.Trial, ar
                 study.tell(trial, state=TrialState.FAIL)
                 active.set_status("FAILED")
     except KeyboardInterrupt:
-        # Give the slot back: this trial is FAIL (interrupted) and an identical WAITING trial replaces it.
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-        if run_id is not None:
-            tracking.set_tags({"optuna_state": "FAIL", "interrupted": "true"}, run_id=run_id)
-        _retry_slot(study, study._storage.get_trial(trial._trial_id))
+        _hand_back(study, trial, run_id)
         raise
     finally:
         heartbeat.stop()
     _progress(study, arm, trial.number, state, ctx.budget)
+
+
+def _hand_back(study: optuna.Study, trial: optuna.Trial, run_id: str | None = None) -> None:
+    """Give an interrupted trial's budget slot back: the trial becomes FAIL (user attribute
+    ``interrupted``, not counted as a failure) and an identical WAITING trial replaces it. A no-op when
+    the trial already finished (an interrupt that came after its ``tell``)."""
+    from regimetry import tracking
+
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        return
+    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+    if run_id is not None:
+        tracking.set_tags({"optuna_state": "FAIL", "interrupted": "true"}, run_id=run_id)
+    _retry_slot(study, study._storage.get_trial(trial._trial_id))
 
 
 def _monitor_key(train_cfg: TrainConfig) -> str:
@@ -973,11 +986,19 @@ def run_worker(ctx: _WorkerContext, arm_names: Sequence[str] | None = None) -> N
         optuna.storages.fail_stale_trials(study)
         arm_splits = apply_arm_to_splits(arm, tuning_blocks, ctx.options.seed)
         while True:
-            trial = _claim_waiting_trial(study)
-            if trial is None:
-                break
-            training.set_global_seed(ctx.options.seed)
-            _run_trial(ctx, study, trial, arm, arm_splits)
+            trial = None
+            try:
+                # Ctrl-C / SIGTERM wait until the claimed trial is in hand, so it can always be handed back.
+                with _signals_deferred():
+                    trial = _claim_waiting_trial(study)
+                if trial is None:
+                    break
+                training.set_global_seed(ctx.options.seed)
+                _run_trial(ctx, study, trial, arm, arm_splits)
+            except KeyboardInterrupt:
+                if trial is not None:
+                    _hand_back(study, trial)
+                raise
 
 
 def _tuning_splits(ctx: _WorkerContext):
@@ -987,6 +1008,7 @@ def _tuning_splits(ctx: _WorkerContext):
 def _worker_process(ctx: _WorkerContext, arm_names, tracking_uri: str) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     _configure_logging()
+    interrupt_on_sigterm()
     run_worker(ctx, arm_names)
 
 
@@ -1131,6 +1153,7 @@ def _resume_confirmations(ctx: _WorkerContext, plan: list[tuple]) -> tuple[list[
 def _confirm_process(ctx: _WorkerContext, tasks, tracking_uri: str, queue) -> None:
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     _configure_logging()
+    interrupt_on_sigterm()
     for task in tasks:
         queue.put(_confirm_one(ctx, *task))
 
@@ -1448,6 +1471,43 @@ def check_budget_complete(storage, ctx: "_WorkerContext", arm_list: Sequence[Arm
 
 class ReportFailed(RuntimeError):
     """The experiment finished but its papermill report did not render."""
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT and SIGTERM back (delivered when the block ends) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``docker stop``, Slurm, systemd) end a run as Ctrl-C does.
+
+    Python's default for SIGTERM is to die at once, leaving the parent and arm MLflow runs RUNNING.
+    With this handler the signal raises ``KeyboardInterrupt``: the running trial gives its budget slot
+    back, MLflow runs end ``KILLED``, and a re-run resumes. The main process forwards the signal to
+    its worker processes (which install the same handler), since ``kill PID`` reaches one process only.
+    No-op outside the main thread (``signal`` allows handlers there only).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        for child in mp.active_children():
+            try:
+                os.kill(child.pid, signal.SIGTERM)
+            except OSError:
+                pass  # already gone
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _run_parallel(jobs: int, target: Callable, args_list, ctx, names) -> None:
@@ -1804,6 +1864,7 @@ def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
     parser = build_parser(ablation)
     args = parser.parse_args(argv)
     _configure_logging()
+    interrupt_on_sigterm()
     arms = tuple(a.strip() for a in args.arms.split(",")) if args.arms else None
     try:
         if args.dataset.startswith("control:"):

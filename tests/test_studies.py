@@ -454,6 +454,39 @@ def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(
         assert _trial_table(killed) == _trial_table(clean)
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_main_process_ends_every_run_and_hands_back_the_trials(tmp_path):
+    """SIGTERM (timeout, docker stop, Slurm) reaches the main process only; it used to die at once and
+    leave its MLflow runs RUNNING. Now it ends like Ctrl-C: workers get the signal forwarded, every run
+    ends KILLED, no trial stays RUNNING, exit 130, and a re-run finishes the exact budget."""
+    import signal
+    import time
+
+    args = _args(tmp_path, "--paths", "1")
+    args[args.index("--jobs") + 1] = "2"
+    script = tmp_path / "run.py"
+    # worker processes are spawned: they re-import the script, hence the __main__ guard
+    script.write_text(_KILLABLE.format(tests=str(Path(__file__).parent), args=args)
+                      .replace("sys.exit(", "if __name__ == '__main__':\n    sys.exit("))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    storage_url = f"sqlite:///{tmp_path}/optuna.db"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not _running_trials(storage_url):
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside a trial's training
+    proc.send_signal(signal.SIGTERM)  # the main process only, as `kill PID` does
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-2000:]
+    runs = _runs(tmp_path, "tiny_ablation")
+    assert "RUNNING" not in set(runs["status"]) and "KILLED" in set(runs["status"])
+    assert not _running_trials(storage_url)
+    assert studies.main(_tiny(), args) == 0
+    for arm in ("mean", "last"):
+        counts = studies.budget_counts(_study(tmp_path, f"tiny_ablation/{arm}"))
+        assert counts["COMPLETE"] + counts["PRUNED"] == 3 and counts["RUNNING"] == counts["WAITING"] == 0, counts
+
+
 def _verdicts_and_pooled(root) -> tuple:
     """The finished session's verdicts tag and its arm runs' pooled test metrics (exact reprs)."""
     runs = _runs(root, "tiny_ablation")
