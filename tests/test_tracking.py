@@ -229,3 +229,16 @@ def test_experiments_carry_mlflow_3s_model_training_kind(tracking_uri):
     other = MlflowClient(tracking_uri).create_experiment("made_by_hand")
     tracking.get_experiment_id("made_by_hand")
     assert MlflowClient(tracking_uri).get_experiment(other).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_unreachable_tracking_server_fails_fast_with_the_option_named():
+    """A new-user check waited 120 s without a word on --tracking-uri http://127.0.0.1:1 (MLflow's 7
+    retries with back-off); the check now gives up after 2 short retries."""
+    import os
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=r"--tracking-uri 'http://127.0.0.1:1'.*cannot be opened"):
+        tracking.configure("http://127.0.0.1:1")
+    assert time.monotonic() - started < 60
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the quick setting is not left behind
