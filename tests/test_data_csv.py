@@ -156,6 +156,30 @@ def test_exchange_local_timestamps_across_daylight_saving_load_in_utc(tmp_path):
         DataConfig(source="csv", csv_path=str(naive), timezone="Mars/Olympus")
 
 
+def test_a_stray_row_in_a_daylight_saving_file_is_the_row_named(tmp_path):
+    """A new-user check: one +02:00 row, or one row without offset, in a New York file was reported as
+    "line 2 has -05:00 but line 64 has -04:00" (the legitimate March change)."""
+    from regimetry.data import load_source
+
+    path, _ = _new_york_daily(tmp_path)
+    rows = path.read_text().splitlines()
+    for stray, shown in (("+02:00", r"\+02:00"), ("", "no offset")):
+        edited = list(rows)
+        stamp = edited[101].split(",", 1)[0]
+        edited[101] = stamp[:-6] + stray + "," + edited[101].split(",", 1)[1]
+        bad = tmp_path / "stray.csv"
+        bad.write_text("\n".join(edited) + "\n")
+        with pytest.raises(ValueError, match=rf"one zone's local time across daylight saving \(-05:00/-04:00\) "
+                                             rf"except line 102 .*{shown}.*set DataConfig.timezone"):
+            load_source(DataConfig(source="csv", csv_path=str(bad)))
+        # with the zone named, the row is checked against it (an offset) or named (no offset), and the
+        # message no longer asks for the zone that was given
+        expected = (r"line 102 .*has offset \+02:00 but America/New_York" if stray else
+                    r"except line 102 .*no offset; fix that row \(DataConfig.timezone is 'America/New_York'\)")
+        with pytest.raises(ValueError, match=expected):
+            load_source(DataConfig(source="csv", csv_path=str(bad), timezone="America/New_York"))
+
+
 def test_continuous_label_column_gets_a_short_error_or_training_quantile_buckets(tmp_path):
     """Issue 15: a float label column is refused in one short line, or bucketed on request with
     thresholds fitted on the training samples only."""

@@ -190,6 +190,24 @@ def _is_daylight_saving_pair(offsets: list[str]) -> bool:
     return changes <= 2 * (len(minutes) // 120 + 1)  # <= 2 changes per ~120 bars (a daily file: per half year)
 
 
+def _stray_in_daylight_saving_file(offsets: list[str | None]) -> tuple[int, str] | None:
+    """``(row, "-05:00/-04:00")`` when the aware rows form one zone's daylight-saving pair
+    (:func:`_is_daylight_saving_pair`) and some row has no offset or a third one: the first such row,
+    which is the one to report (a plain "first row that differs" would blame the DST change itself)."""
+    aware = [o for o in offsets if o is not None]
+    common = sorted({_offset_minutes(o) for o in aware}, key=[_offset_minutes(o) for o in aware].count)[-2:]
+    if len(common) != 2 or abs(common[0] - common[1]) != 60:
+        return None
+    fits = [o for o in aware if _offset_minutes(o) in common]
+    if not _is_daylight_saving_pair(fits):
+        return None
+    bad = next((i for i, o in enumerate(offsets) if o is None or _offset_minutes(o) not in common), None)
+    if bad is None:
+        return None
+    shown = sorted({o for o in fits}, key=_offset_minutes)
+    return bad, "/".join(dict.fromkeys(shown))
+
+
 def _parse_timestamps(cells: list[str | None], where: str, column: str,
                       timezone: str | None = None) -> pd.DatetimeIndex:
     for i, c in enumerate(cells):
@@ -223,6 +241,15 @@ def _parse_timestamps(cells: list[str | None], where: str, column: str,
                              f"in {timezone} (DataConfig.timezone; a daylight-saving change): {exc}; write the "
                              f"timestamps with their UTC offset") from None
     if len(normalised) > 1:
+        hint = ("a file in one zone's local time across daylight saving loads as is, or set DataConfig.timezone "
+                "(e.g. 'America/New_York')" if timezone is None else f"DataConfig.timezone is {timezone!r}")
+        stray = _stray_in_daylight_saving_file(offsets)
+        if stray is not None:  # one zone across DST, plus rows that fit neither of its offsets
+            bad, pair = stray
+            raise ValueError(
+                f"{where}: timestamp column {column!r} mixes UTC offsets: the file is in one zone's local time "
+                f"across daylight saving ({pair}) except {_line(bad)} ({cells[bad]!r}), which has "
+                f"{offsets[bad] or 'no offset'}; fix that row ({hint})")
         first = offsets[0]
         bad = next(i for i, o in enumerate(offsets) if (o is None) != (first is None) or (
             o is not None and first is not None and
@@ -230,8 +257,7 @@ def _parse_timestamps(cells: list[str | None], where: str, column: str,
         raise ValueError(
             f"{where}: timestamp column {column!r} mixes UTC offsets: {_line(0)} has "
             f"{first or 'no offset'} but {_line(bad)} ({cells[bad]!r}) has {offsets[bad] or 'no offset'}; "
-            f"convert every timestamp to one offset (e.g. UTC) first; a file in one zone's local time "
-            f"across daylight saving loads as is, or set DataConfig.timezone (e.g. 'America/New_York')"
+            f"convert every timestamp to one offset (e.g. UTC) first; {hint}"
         )
     return _check_order(_naive_index(cells, where, column), where)
 
