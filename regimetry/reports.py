@@ -39,6 +39,7 @@ import io
 import json
 import math
 import os
+import warnings
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -386,6 +387,14 @@ def render_data_report(
         ReportError: a cell failed (partial notebook kept).
     """
     config = data_config_from(data_config)
+    # The data must prepare before any notebook runs: a missing or bad CSV gets its one-line error
+    # (ValueError / FileNotFoundError naming the file, column or row) and no half-written report.
+    # Warnings are the notebook's to show (they would print twice).
+    from regimetry.data import prepare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(config)
     stem = name or "data_report_" + "".join(c if c.isalnum() or c in "._-" else "_" for c in config.dataset_name)
     values = config.to_dict()
     if values.get("csv_path"):

@@ -318,6 +318,20 @@ def test_data_report_from_yaml(tmp_path):
         reports.render_data_report({"source": "synthetic", "window_size": 0}, tmp_path)
 
 
+def test_data_report_on_a_missing_or_bad_csv_is_a_one_line_error_and_writes_nothing(tmp_path, capsys):
+    """A new-user check: a missing CSV gave exit 1, ~50 lines of notebook traceback and a half-written
+    report; the data is now prepared before any notebook runs."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,open,high,low,close\n2020-01-02,1,2,0.5,1\n2020-01-01,1,2,0.5,1\n")
+    for csv, message in ((tmp_path / "nope.csv", "not found"), (bad, "not in increasing order")):
+        config = tmp_path / "data.yaml"
+        config.write_text(f"data:\n  source: csv\n  csv_path: {csv}\n")
+        assert reports.main(["--data-config", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "out").exists()
+
+
 def test_data_report_shows_the_leakage_audit_of_every_user_column(tmp_path):
     from regimetry.data import load_source
 
