@@ -150,6 +150,11 @@ def configure(tracking_uri: str | None = None) -> str:
             nothing is written beside a file that is not a store.
     """
     uri = resolve_tracking_uri(tracking_uri)
+    option = "--tracking-uri" if tracking_uri or not os.environ.get("MLFLOW_TRACKING_URI") else "MLFLOW_TRACKING_URI"
+    if "://" not in uri or uri.startswith("file:"):
+        # MLflow 3 refuses a plain directory store with a long deprecation text; say what works instead.
+        raise ValueError(f"{option} {redact_url(uri)!r}: a plain directory or file: store is not supported by "
+                         "MLflow 3; use a database, e.g. sqlite:///mlruns/mlflow.db, or a server http://host:5000")
     mlflow.set_tracking_uri(uri)
     if uri in _configured:
         return uri
@@ -157,17 +162,17 @@ def configure(tracking_uri: str | None = None) -> str:
     shown = redact_url(uri)
     if db is not None:
         if db.is_dir():
-            raise ValueError(f"--tracking-uri {shown!r}: {db} is a directory; expected a SQLite file path "
+            raise ValueError(f"{option} {shown!r}: {db} is a directory; expected a SQLite file path "
                              "(sqlite:///mlruns/mlflow.db)")
         if db.is_file() and db.stat().st_size > 0:
             with open(db, "rb") as handle:
                 if handle.read(16) != b"SQLite format 3\x00":
-                    raise ValueError(f"--tracking-uri {shown!r}: {db} exists and is not a SQLite database; "
+                    raise ValueError(f"{option} {shown!r}: {db} exists and is not a SQLite database; "
                                      "point it at a new or an existing MLflow store")
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"--tracking-uri {shown!r}: cannot create the directory {db.parent}: "
+            raise ValueError(f"{option} {shown!r}: cannot create the directory {db.parent}: "
                              f"{exc.strerror or exc}") from None
     try:
         if db is not None:
@@ -177,10 +182,10 @@ def configure(tracking_uri: str | None = None) -> str:
             with _quick_http_check():
                 _retry(lambda: MlflowClient(uri).search_experiments(max_results=1))
     except ImportError as exc:
-        raise ValueError(f"--tracking-uri {shown!r}: the database driver is not installed ({mask_password(one_line(exc), uri)}); for "
+        raise ValueError(f"{option} {shown!r}: the database driver is not installed ({mask_password(one_line(exc), uri)}); for "
                          "postgresql:// install psycopg 3: pip install 'psycopg[binary]'") from None
     except (MlflowException, OSError) as exc:
-        raise ValueError(f"--tracking-uri {shown!r}: the MLflow store cannot be opened: {mask_password(one_line(exc), uri)}") from None
+        raise ValueError(f"{option} {shown!r}: the MLflow store cannot be opened: {mask_password(one_line(exc), uri)}") from None
     _configured[uri] = uri
     return uri
 

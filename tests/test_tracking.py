@@ -242,3 +242,15 @@ def test_an_unreachable_tracking_server_fails_fast_with_the_option_named():
         tracking.configure("http://127.0.0.1:1")
     assert time.monotonic() - started < 60
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the quick setting is not left behind
+
+
+def test_a_plain_directory_tracking_uri_says_what_works(tmp_path, monkeypatch):
+    """A new-user check: --tracking-uri /some/dir printed MLflow's cut-off deprecation text and never
+    said that sqlite:///path/mlflow.db works; a bad MLFLOW_TRACKING_URI was blamed on --tracking-uri."""
+    for uri in (str(tmp_path), f"file://{tmp_path}"):
+        with pytest.raises(ValueError, match=r"--tracking-uri .*not supported by MLflow 3; use a database, e\.g\. sqlite:///"):
+            tracking.configure(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path))
+    with pytest.raises(ValueError, match=r"^MLFLOW_TRACKING_URI "):
+        tracking.configure(None)
+    assert not list(tmp_path.iterdir())  # nothing written
