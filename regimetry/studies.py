@@ -428,6 +428,9 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
                 break
             time.sleep(0.5 * (attempt + 1))
     message = mask_password(one_line(last_error), url)
+    if isinstance(last_error, ImportError) or "Failed to import DB access module" in message:
+        message += ("; the database driver is not installed: for postgresql:// pip install 'psycopg[binary]' "
+                    "(or pip install -e '.[postgres]')")
     raise ValueError(f"--storage {shown!r}: cannot open the Optuna storage: {message}") from None
 
 

@@ -598,3 +598,9 @@ def test_console_drops_tensorflow_retracing_warnings_only(caplog):
         logging.getLogger("tensorflow").warning("5 out of the last 31 calls to <f> triggered tf.function retracing.")
         logging.getLogger("tensorflow").warning("a real problem")
     assert [r.getMessage() for r in caplog.records] == ["a real problem"]
+
+
+def test_a_storage_whose_driver_is_missing_says_how_to_install_it():
+    """New-user check: Optuna's "Please install appropriate one." named no package."""
+    with pytest.raises(ValueError, match=r"--storage 'mysql://u:\*\*\*@127.0.0.1/x'.*driver is not installed.*psycopg"):
+        studies.resolve_storage("mysql://u:pw@127.0.0.1/x")
