@@ -24,7 +24,7 @@ Command line::
 
     python -m regimetry.reports 03_encoding_ablation [--tracking-uri URI] [--storage URL]
         [--parent-run-id ID] [--metric balanced_accuracy] [--output-dir reports] [--no-log]
-    python -m regimetry.reports --data-config configs/sp500.yaml [--output-dir reports]
+    python -m regimetry.reports --data-config configs/single_run.yaml [--output-dir reports]
 
 Exit codes: 0 success; 1 the report failed (unknown experiment, no runs, a failing cell: the message
 names the cell's error and the partially executed notebook is kept); 2 bad command-line usage.
