@@ -195,11 +195,7 @@ def kill_points(options, script: Path, work: Path, postgres_url: str | None) -> 
     print("| storage | reference wall (s) | budget | confirmation runs |\n|---|---|---|---|", flush=True)
     for kind in options.storages:
         place = Place(work / f"reference_{kind}", kind, postgres_url)
-        code, wall = _run(_command(script, place.storage, place.tracking_uri, options), place.root,
-                          place.root / "out.txt")
-        if code != 0:
-            raise SystemExit(f"error: the reference run on {kind} exited {code}; see {place.root / 'out.txt'}")
-        references[kind], walls[kind] = inspect(place, experiment), wall
+        references[kind], walls[kind] = _reference(place, script, options, experiment, "the reference run")
         print(f"| {kind} | {wall:.0f} | {_budget_text(references[kind])} | {references[kind]['confirms_here']} |",
               flush=True)
     rng = np.random.default_rng(options.kill_seed)
@@ -247,11 +243,7 @@ def simultaneous_workers(options, script: Path, work: Path, postgres_url: str | 
     jobs1 = argparse.Namespace(**{**vars(options), "jobs": 1})
     for kind in options.worker_storages:
         reference = Place(work / f"workers_reference_{kind}", kind, postgres_url)
-        code, _ = _run(_command(script, reference.storage, reference.tracking_uri, jobs1), reference.root,
-                       reference.root / "out.txt")
-        if code != 0:
-            raise SystemExit(f"error: the --jobs 1 reference on {kind} exited {code}; see {reference.root / 'out.txt'}")
-        ref = inspect(reference, experiment)
+        ref, _ = _reference(reference, script, jobs1, experiment, "the --jobs 1 reference")
         place = Place(work / f"workers_{kind}", kind, postgres_url)
         cmd = _command(script, place.storage, place.tracking_uri, jobs1, "--stage", "tune")
         started = time.monotonic()
@@ -283,6 +275,14 @@ def simultaneous_workers(options, script: Path, work: Path, postgres_url: str | 
 
 def _drop(place: Place) -> None:
     shutil.rmtree(place.root, ignore_errors=True)
+
+
+def _reference(place, script, options, experiment: str, what: str) -> tuple[dict, float]:
+    """Run an uninterrupted reference at ``place``; its inspection and wall seconds (exit on failure)."""
+    code, wall = _run(_command(script, place.storage, place.tracking_uri, options), place.root, place.root / "out.txt")
+    if code != 0:
+        raise SystemExit(f"error: {what} on {place.kind} exited {code}; see {place.root / 'out.txt'}")
+    return inspect(place, experiment), wall
 
 
 def main(argv=None) -> int:

@@ -378,6 +378,24 @@ sys.exit(studies.main(_tiny(), {args!r}))
 '''
 
 
+def _kill_group_when(proc, ready, timeout: float, settle: float = 0.0) -> None:
+    """Poll ``ready()`` until it holds (then wait ``settle`` s) or ``proc`` ends; SIGKILL the process group."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                time.sleep(settle)
+                break
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
 def _trial_table(root):
     out = {}
     for arm in ("mean", "last"):
@@ -423,17 +441,7 @@ def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(
     script.write_text(_KILLABLE.format(tests=str(Path(__file__).parent), args=args))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _running_trials(storage_url):
-                time.sleep(1.0)  # inside the trial's training
-                break
-            time.sleep(0.2)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    _kill_group_when(proc, lambda: bool(_running_trials(storage_url)), timeout=240, settle=1.0)  # inside training
     assert proc.returncode == -signal.SIGKILL, "the worker finished before it could be killed"
     before = _runs(killed, "tiny_ablation")
     assert "RUNNING" in set(before["status"])  # what kill -9 leaves behind
@@ -512,18 +520,12 @@ def test_kill_9_during_confirmation_then_an_immediate_rerun_resumes_it(tmp_path)
     script.write_text(_KILLABLE.format(tests=str(Path(__file__).parent), args=args))
     proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            runs = _runs(killed, "tiny_ablation")
-            if len(runs) and "tags.stage" in runs and \
-                    ((runs["tags.stage"] == "confirm") & (runs["status"] == "FINISHED")).any():
-                break
-            time.sleep(0.3)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    def a_confirmation_run_finished() -> bool:
+        runs = _runs(killed, "tiny_ablation")
+        return bool(len(runs) and "tags.stage" in runs
+                    and ((runs["tags.stage"] == "confirm") & (runs["status"] == "FINISHED")).any())
+
+    _kill_group_when(proc, a_confirmation_run_finished, timeout=600)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     before = _runs(killed, "tiny_ablation")
     finished_before = set(before.loc[(before["tags.stage"] == "confirm") & (before["status"] == "FINISHED"), "run_id"])
