@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--shortcut-features", default="", help="comma-separated shortcut inputs (default all)")
     parser.add_argument("--center", action="store_true", help="center each window before the encoder")
     parser.add_argument("--tuning-only", action="store_true")
+    parser.add_argument("--warm-start-candidate", action="store_true",
+                        help="keep the warm-started shortcut unless an epoch beats it on validation")
+    parser.add_argument("--num-layers", type=int, default=2)
     args = parser.parse_args()
 
     values = {"source": args.dataset, "features": FEATURE_SETS[args.features], "num_folds": args.folds}
@@ -69,7 +72,7 @@ def main() -> None:
     folds = data.prepare_folds(DataConfig.from_dict(values))
     if args.tuning_only:
         folds = folds[:1]
-    model_cfg = ModelConfig(d_model=args.d_model, pooling=args.pooling, linear_shortcut=args.shortcut != "off",
+    model_cfg = ModelConfig(d_model=args.d_model, num_layers=args.num_layers, pooling=args.pooling, linear_shortcut=args.shortcut != "off",
                             use_encoder=args.shortcut != "only", center_windows=args.center,
                             shortcut_features=tuple(f for f in args.shortcut_features.split(",") if f))
     rows = []
@@ -80,14 +83,17 @@ def main() -> None:
         for name in ("persistence", "har_rv"):
             result = baselines.run_baseline(name, splits)
             row[name] = result.val_metrics["balanced_accuracy"] if args.tuning_only else result.test_metrics["balanced_accuracy"]
-        scores = []
+        scores, best_epochs = [], []
         for seed in range(args.seeds):
-            train_cfg = TrainConfig(max_epochs=args.epochs, patience=args.patience, monitor=args.monitor, seed=seed)
+            train_cfg = TrainConfig(max_epochs=args.epochs, patience=args.patience, monitor=args.monitor, seed=seed,
+                                    warm_start_candidate=args.warm_start_candidate)
             result = training.fit(splits, model_cfg, train_cfg)
+            best_epochs.append(result.best_epoch)
             probs = training.predict_proba(result.model, part.X)
             scores.append(training.metrics_from_probs(part.y, probs, splits.class_names).metrics["balanced_accuracy"])
         row["model"] = float(np.mean(scores))
         row["model_seeds"] = [round(s, 3) for s in scores]
+        row["best_epochs"] = best_epochs  # -1: the warm-started shortcut was kept
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(json.dumps({"args": vars(args), "mean_model": float(np.mean([r["model"] for r in rows])),

@@ -655,6 +655,11 @@ class TrainConfig(_ConfigBase):
         label_smoothing: in ``[0, 1)``. Default 0.
         clipnorm: clip of the global gradient norm over all weights (``None`` = off). Default 1.
         seed: seeds Python, NumPy and Keras (one seed controls all three).
+        warm_start_candidate: when the model has a warm-started linear shortcut
+            (``ModelConfig.linear_shortcut``), score the warm-started model on validation before the
+            first step and let it compete with every epoch for the restored weights: training moves
+            the model away from its linear start only when an epoch beats it strictly on ``monitor``
+            (restored as ``best_epoch = -1``). No effect without a shortcut. Default off.
     """
 
     section: ClassVar[str] = "train"
@@ -669,9 +674,12 @@ class TrainConfig(_ConfigBase):
     label_smoothing: float = 0.0
     clipnorm: float | None = 1.0
     seed: int = 0
+    warm_start_candidate: bool = False
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        if not isinstance(self.warm_start_candidate, bool):
+            raise _err(name, "warm_start_candidate", f"must be true or false, got {self.warm_start_candidate!r}")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise _err(name, "learning_rate", f"must be a positive number, got {self.learning_rate!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):

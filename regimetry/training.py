@@ -25,6 +25,8 @@ Training (``fit``):
   ``C = 1`` on the standardised inputs, the same class weights), and the encoder's head starts at
   zero (``regime_logits`` is zero-initialised). So training starts from a HAR-like linear model and
   the encoder learns a residual over it, as HARNet starts from HAR (Reisenhofer et al. 2022).
+  With ``TrainConfig.warm_start_candidate`` that linear start is scored on validation before the
+  first step and kept unless an epoch beats it strictly on ``monitor`` (``best_epoch = -1``).
 * Seeded: ``set_global_seed`` seeds Python, NumPy, TensorFlow and Keras before the model is built.
   On CPU this alone gives bit-identical metrics for the same seed (measured; see
   ``set_global_seed``), so TensorFlow's op determinism is off by default.
@@ -66,6 +68,9 @@ MONITOR_KEYS = {
     "val_accuracy": "val/accuracy",
     "val_loss": "val/loss",
 }
+#: Maps a history key of ``MONITOR_KEYS`` to the name ``metrics_from_probs`` gives that metric.
+_METRIC_OF_MONITOR = {"val/balanced_accuracy": "balanced_accuracy", "val/macro_f1": "macro_f1",
+                      "val/accuracy": "accuracy", "val/loss": "log_loss"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -326,7 +331,9 @@ class TrainResult:
             class weights and label smoothing), ``train/accuracy``, ``val/loss`` (unweighted
             cross-entropy = log loss on the validation split), ``val/accuracy``,
             ``val/balanced_accuracy``, ``val/macro_f1``, ``time/epoch_seconds``. Index = epoch.
-        best_epoch: 0-based epoch whose weights were restored.
+        best_epoch: 0-based epoch whose weights were restored; -1 when no epoch beat the
+            warm-started model before the first step (``TrainConfig.warm_start_candidate``), whose
+            weights are then restored.
         epochs_run: number of epochs trained.
         stopped_early: ``True`` when patience ran out before ``max_epochs``.
         fit_seconds: wall time of the whole fit (model build, training, restoring), seconds.
@@ -367,7 +374,16 @@ def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch
             self.best_weights: list[np.ndarray] | None = None
             self.wait = 0
             self.stopped_early = False
+            self.warm_start_metrics: dict[str, float] | None = None
             self._t0 = time.perf_counter()
+
+        def start_at_warm_start(self, model) -> None:
+            """Make the (warm-started) model before any step the first candidate for restoring
+            (``TrainConfig.warm_start_candidate``): an epoch must beat it strictly."""
+            probs = predict_proba(model, val.X, batch_size=predict_batch)
+            self.warm_start_metrics = metrics_from_probs(val.y, probs, class_names).metrics
+            self.best_score = sign * self.warm_start_metrics[_METRIC_OF_MONITOR[monitor_key]]
+            self.best_weights = [np.array(w, copy=True) for w in model.get_weights()]
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
@@ -601,12 +617,14 @@ def fit(
     weights = None
     if train_config.class_weight == "balanced":
         weights = class_weights(splits.train.y, k)[splits.train.y]
-    warm_start_shortcut(model, splits.train, k, weights)
+    warm_started = warm_start_shortcut(model, splits.train, k, weights)
     train_ds = make_dataset(
         splits.train.X, splits.train.y, k, train_config.batch_size,
         shuffle_seed=train_config.seed, sample_weight=weights,
     )
     callback = _make_callback(splits.val, splits.class_names, train_config, epoch_callback, predict_batch_size)
+    if warm_started and train_config.warm_start_candidate:
+        callback.start_at_warm_start(model)
     model.fit(train_ds, epochs=train_config.max_epochs, callbacks=[callback], verbose=verbose, shuffle=False)
     if callback.best_weights is not None:
         model.set_weights(callback.best_weights)
@@ -623,7 +641,8 @@ def fit(
         val_metrics=final.metrics,
         val_confusion=final.confusion,
         monitor=monitor_key,
-        best_score=float(callback.history[monitor_key][callback.best_epoch]),
+        best_score=float(callback.history[monitor_key][callback.best_epoch] if callback.best_epoch >= 0
+                         else callback.warm_start_metrics[_METRIC_OF_MONITOR[monitor_key]]),
         model_config=model_config,
         train_config=train_config,
     )

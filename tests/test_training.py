@@ -246,3 +246,64 @@ def test_warm_start_reads_only_the_shortcut_features(random_splits):
     np.testing.assert_allclose(training.predict_proba(model, random_splits.test.X),
                                reference.predict_proba(training.last_real_steps(random_splits.test.X)[:, cols]),
                                atol=1e-4)
+
+
+# ---- the warm start as an early-stopping candidate (TrainConfig.warm_start_candidate, issue 11) --
+def _separable_splits(random_splits):
+    """``random_splits`` with feature 0 of every step set to the window's class: the warm-started
+    logistic regression on the last step is perfect on validation (balanced accuracy 1.0)."""
+    import dataclasses
+
+    def relabel(part):
+        X = np.array(part.X, copy=True)
+        X[:, :, 0] = part.y[:, None] * 3.0
+        return dataclasses.replace(part, X=X)
+
+    return dataclasses.replace(random_splits, train=relabel(random_splits.train), val=relabel(random_splits.val),
+                               test=relabel(random_splits.test))
+
+
+def test_warm_start_kept_when_no_epoch_beats_it(random_splits):
+    from regimetry.models import build_classifier
+
+    splits = _separable_splits(random_splits)
+    config = TINY_MODEL.replace(linear_shortcut=True)
+    train = TINY_TRAIN.replace(warm_start_candidate=True, patience=2, max_epochs=4, learning_rate=3e-2)
+    result = training.fit(splits, config, train)
+    assert result.best_epoch == -1 and result.best_score == 1.0
+    assert result.epochs_run == 2 and result.stopped_early  # two epochs could not beat 1.0
+    # restored: exactly the warm-started model before any step (same seed, same build)
+    training.set_global_seed(train.seed)
+    fresh = build_classifier(config, splits.window_size, splits.num_features, splits.num_classes)
+    weights = training.class_weights(splits.train.y, splits.num_classes)[splits.train.y]
+    training.warm_start_shortcut(fresh, splits.train, splits.num_classes, weights)
+    np.testing.assert_allclose(training.predict_proba(result.model, splits.test.X),
+                               training.predict_proba(fresh, splits.test.X), rtol=1e-6, atol=1e-7)
+    assert result.val_metrics["balanced_accuracy"] == 1.0
+    # off (the default): the best epoch is restored, whatever the warm start scored
+    assert training.fit(splits, config, train.replace(warm_start_candidate=False)).best_epoch >= 0
+
+
+def test_warm_start_candidate_restores_an_epoch_only_when_it_beats_the_start(random_splits):
+    from regimetry.models import build_classifier
+
+    config = TINY_MODEL.replace(linear_shortcut=True)
+    for seed in (3, 4, 5):
+        train = TINY_TRAIN.replace(warm_start_candidate=True, seed=seed, max_epochs=4)
+        training.set_global_seed(seed)
+        fresh = build_classifier(config, random_splits.window_size, random_splits.num_features, 3)
+        weights = training.class_weights(random_splits.train.y, 3)[random_splits.train.y]
+        training.warm_start_shortcut(fresh, random_splits.train, 3, weights)
+        start = training.metrics_from_probs(random_splits.val.y, training.predict_proba(fresh, random_splits.val.X),
+                                            random_splits.class_names).metrics["balanced_accuracy"]
+        result = training.fit(random_splits, config, train)
+        epochs = result.history["val/balanced_accuracy"]
+        if max(epochs) > start:
+            assert result.best_epoch == int(np.argmax(epochs)) and result.best_score == max(epochs)
+        else:
+            assert result.best_epoch == -1 and result.best_score == start
+    # no shortcut: nothing to keep, the flag changes nothing
+    plain = training.fit(random_splits, TINY_MODEL, TINY_TRAIN.replace(warm_start_candidate=True))
+    assert plain.best_epoch >= 0
+    with pytest.raises(ValueError, match="warm_start_candidate"):
+        TrainConfig(warm_start_candidate="yes")
