@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 
 from regimetry import training  # noqa: E402
 from regimetry.config import ModelConfig, TrainConfig  # noqa: E402
+from regimetry.layers import sinusoidal_table  # noqa: E402  (the sinusoid exists once, in the layer file)
 from regimetry.models import build_classifier  # noqa: E402
 
 SIZES = {
@@ -40,19 +41,11 @@ SIZES = {
 }
 
 
-def sinusoidal_table(length: int, depth: int, max_wavelength: float = 10000.0) -> np.ndarray:
-    """Vaswani et al. (2017) eq. for PE, interleaved sin/cos, ``(length, depth)`` float32."""
-    positions = np.arange(length)[:, None]
-    i = np.arange(depth)[None, :]
-    angles = positions / np.power(max_wavelength, (2 * (i // 2)) / depth)
-    return np.where(i % 2 == 0, np.sin(angles), np.cos(angles)).astype("float32")
-
-
 def reference_model(config: ModelConfig, window: int, features: int, classes: int) -> keras.Model:
     """Plain Keras encoder classifier with the same architecture (post-norm, mean pooling)."""
     inputs = keras.Input((window, features))
     x = keras.layers.Dense(config.d_model)(inputs)
-    x = x + keras.ops.convert_to_tensor(sinusoidal_table(window, config.d_model))[None]
+    x = x + keras.ops.expand_dims(sinusoidal_table(window, config.d_model), 0)
     x = keras.layers.Dropout(config.dropout)(x)
     for _ in range(config.num_layers):
         attn = keras.layers.MultiHeadAttention(config.num_heads, config.resolved_key_dim, dropout=config.dropout)(x, x)

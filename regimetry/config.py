@@ -24,6 +24,8 @@ from typing import Any, ClassVar, Mapping
 
 import yaml
 
+from regimetry import registry
+
 __all__ = [
     "DataConfig",
     "ModelConfig",
@@ -514,10 +516,11 @@ def _check_date(cls_name: str, field: str, value: str) -> None:
 # ------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------
-POSITIONAL_ENCODINGS = ("sinusoidal", "learnable", "none")
+#: The registered names (``regimetry.registry``: the model builder and the tests read the same maps).
+POSITIONAL_ENCODINGS = tuple(registry.POSITIONAL_ENCODINGS)
 ENCODING_STYLES = ("interleaved", "stacked")
-ATTENTION_MASKS = ("none", "causal")
-POOLINGS = ("mean", "max", "cls", "last", "attention")
+ATTENTION_MASKS = tuple(registry.ATTENTION_MASKS)
+POOLINGS = tuple(registry.POOLINGS)
 ACTIVATIONS = ("gelu", "relu", "swish", "tanh")
 
 

@@ -6,7 +6,7 @@ Architecture (layer names in brackets; every name is stable, later code finds la
       -> [input_mask]            NanPaddingMask: padding mask (batch, T) from all-NaN steps, NaN -> 0
       -> [window_centering]      WindowCentering, only for center_windows=True (window mean removed)
       -> [projection]            Dense(d_model)
-      -> [positional_encoding]   SinusoidalPositionalEncoding | LearnablePositionalEmbedding | (none)
+      -> [positional_encoding]   regimetry.registry.POSITIONAL_ENCODINGS[name] (none: no layer)
       -> [cls_token]             ClsToken, only for pooling="cls" (first; LAST under a causal mask)
       -> [attention_mask]        AttentionMask: one (batch, T', T') mask for every block and head
       -> [encoder_block_0 .. encoder_block_{L-1}]  TransformerEncoderBlock
@@ -43,15 +43,13 @@ from typing import Callable
 import numpy as np
 import keras
 
+from regimetry import registry
 from regimetry.config import ModelConfig
 from regimetry.layers import (
-    AttentionMask,
     ClsToken,
     FeatureSelect,
-    LearnablePositionalEmbedding,
     NanPaddingMask,
     SequencePooling,
-    SinusoidalPositionalEncoding,
     TransformerEncoderBlock,
     WindowCentering,
 )
@@ -97,18 +95,6 @@ def _encode(get: Callable[[str], keras.layers.Layer | None], windows, return_sco
     return pooled, scores
 
 
-#: Registry: positional encoding name -> ``factory(config, window_size)`` returning the layer (named
-#: ``positional_encoding``) or ``None``. ``ModelConfig`` validates against
-#: ``regimetry.config.POSITIONAL_ENCODINGS``; ``tests/test_models.py`` checks that both name the same
-#: encodings, so a new encoding is one layer, one line here and one name there.
-POSITIONAL_ENCODING_LAYERS: dict[str, Callable[[ModelConfig, int], keras.layers.Layer | None]] = {
-    "sinusoidal": lambda config, window_size: SinusoidalPositionalEncoding(
-        style=config.encoding_style, max_wavelength=config.max_wavelength, name="positional_encoding"),
-    "learnable": lambda config, window_size: LearnablePositionalEmbedding(window_size, name="positional_encoding"),
-    "none": lambda config, window_size: None,
-}
-
-
 def build_classifier(config: ModelConfig, window_size: int, num_features: int, num_classes: int,
                      feature_names=None) -> keras.Model:
     """Build (do not compile) the Transformer regime classifier described by ``config``.
@@ -131,7 +117,9 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
     Raises:
         TypeError: ``config`` is not a ``ModelConfig``.
         ValueError: ``window_size``, ``num_features`` or ``num_classes`` out of range; a
-            ``shortcut_features`` name missing from ``feature_names`` (or no ``feature_names``).
+            ``shortcut_features`` name missing from ``feature_names`` (or no ``feature_names``); a
+            positional encoding, attention mask or pooling not in ``regimetry.registry`` (the
+            message lists the registered names).
     """
     if not isinstance(config, ModelConfig):
         raise TypeError(f"build_classifier: config must be a regimetry.config.ModelConfig, got {type(config).__name__}")
@@ -141,21 +129,20 @@ def build_classifier(config: ModelConfig, window_size: int, num_features: int, n
     indices = _shortcut_indices(config, num_features, feature_names)
     if not config.use_encoder:
         return _shortcut_only(window_size, num_features, num_classes, indices)
-    causal = config.attention_mask == "causal"
-
+    # Every option comes from its registry (an unregistered name raises, listing the registered ones).
+    # The layers are constructed in this order whatever the options: the seeded weights depend on it.
+    make_encoding = registry.lookup("positional_encoding", config.positional_encoding)
+    make_mask = registry.lookup("attention_mask", config.attention_mask)
+    make_pooling = registry.lookup("pooling", config.pooling)
     layers: dict[str, keras.layers.Layer] = {
         "input_mask": NanPaddingMask(name="input_mask"),
         "projection": keras.layers.Dense(config.d_model, name="projection"),
         **({"window_centering": WindowCentering(name="window_centering")} if config.center_windows else {}),
-        "attention_mask": AttentionMask(use_causal_mask=causal, name="attention_mask"),
-        "pooling": SequencePooling(
-            config.pooling, cls_position="last" if causal else "first", name="pooling"
-        ),
+        "attention_mask": make_mask(config, window_size, "attention_mask"),
     }
-    if config.positional_encoding not in POSITIONAL_ENCODING_LAYERS:
-        raise ValueError(f"ModelConfig.positional_encoding: {config.positional_encoding!r} has no layer in "
-                         f"regimetry.models.POSITIONAL_ENCODING_LAYERS {sorted(POSITIONAL_ENCODING_LAYERS)}")
-    encoding = POSITIONAL_ENCODING_LAYERS[config.positional_encoding](config, window_size)
+    causal = bool(layers["attention_mask"].use_causal_mask)
+    layers["pooling"] = make_pooling(config, causal, "pooling")
+    encoding = make_encoding(config, window_size, "positional_encoding")
     if encoding is not None:
         layers["positional_encoding"] = encoding
     if config.pooling == "cls":

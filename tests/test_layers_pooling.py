@@ -9,9 +9,15 @@ import keras
 import tensorflow as tf
 
 from regimetry.layers import ClsToken, SequencePooling
+from regimetry.layers.pooling import POOLING_MODES
+from regimetry.registry import POOLINGS
 
 BATCH, T, D = 3, 6, 16
-MODES = ["mean", "max", "cls", "last", "attention"]
+MODES = list(POOLING_MODES)
+
+
+def test_every_registered_pooling_is_a_mode_of_the_layer():
+    assert set(POOLINGS) <= set(POOLING_MODES)
 LENGTHS = [6, 4, 1]  # real steps per window; the rest is padding at the end
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,16 +14,18 @@ import pytest
 
 import keras
 
-from regimetry.config import ModelConfig
+from regimetry import registry
+from regimetry.config import ENCODING_STYLES, ModelConfig
 from regimetry.models import attention_scores, build_classifier, check_windows, embed, pad_windows
 
 BATCH, HEADS, T, F, D, CLASSES = 3, 4, 6, 7, 16, 5
 ROOT = Path(__file__).resolve().parents[1]
 
-ENCODINGS = [("sinusoidal", "interleaved"), ("sinusoidal", "stacked"), ("learnable", "interleaved"),
-             ("none", "interleaved")]
-MASKS = ["none", "causal"]
-POOLINGS = ["mean", "max", "cls", "last", "attention"]
+# Every registered option (regimetry.registry), so a new one is tested without editing this file.
+ENCODINGS = [(name, "interleaved") for name in registry.POSITIONAL_ENCODINGS] + [
+    ("sinusoidal", style) for style in ENCODING_STYLES if style != "interleaved"]
+MASKS = list(registry.ATTENTION_MASKS)
+POOLINGS = list(registry.POOLINGS)
 DEPTHS = [1, 3]
 
 
@@ -357,19 +360,42 @@ def test_centered_encoder_with_har_shortcut_round_trips_and_reads_only_the_named
     assert embed(loaded, x).shape == (BATCH, 8)
 
 
-def test_config_names_and_builder_registries_agree():
-    """Issue 13: a name that passes config validation always builds (no silent fall-through)."""
+@pytest.mark.parametrize("field", sorted(registry.BY_FIELD))
+def test_config_and_builder_read_one_registry(field):
+    """Issue 13: config validation accepts exactly the registered names, every one of them builds, and
+    a name missing from the registry fails in the builder too (no silent fall-through), listing the
+    registered names."""
     from regimetry import config as C
-    from regimetry import models
-    from regimetry.layers.pooling import POOLING_MODES
 
-    assert set(models.POSITIONAL_ENCODING_LAYERS) == set(C.POSITIONAL_ENCODINGS)
-    assert set(POOLING_MODES) == set(C.POOLINGS)
-    for name in C.POSITIONAL_ENCODINGS:
-        model = models.build_classifier(C.ModelConfig(positional_encoding=name, d_model=8, num_heads=2, ff_dim=8,
-                                                      num_layers=1), window_size=5, num_features=3, num_classes=3)
-        assert ("positional_encoding" in [layer.name for layer in model.layers]) == (name != "none")
-    fake = C.ModelConfig(d_model=8, num_heads=2, ff_dim=8, num_layers=1)
-    object.__setattr__(fake, "positional_encoding", "tape")  # as if config listed a name with no layer
-    with pytest.raises(ValueError, match="'tape' has no layer in regimetry.models.POSITIONAL_ENCODING_LAYERS"):
-        models.build_classifier(fake, window_size=5, num_features=3, num_classes=3)
+    names = list(registry.BY_FIELD[field])
+    allowed = {"positional_encoding": C.POSITIONAL_ENCODINGS, "attention_mask": C.ATTENTION_MASKS,
+               "pooling": C.POOLINGS}[field]
+    assert list(allowed) == names
+    base = dict(d_model=8, num_heads=2, ff_dim=8, num_layers=1)
+    for name in names:
+        model = build_classifier(ModelConfig(**base, **{field: name}), window_size=5, num_features=3, num_classes=3)
+        assert model.output_shape == (None, 3)
+        if field == "positional_encoding":
+            assert ("positional_encoding" in [layer.name for layer in model.layers]) == (name != "none")
+    with pytest.raises(ValueError, match=rf"ModelConfig.{field}: expected one of \[.*\], got 'tAPE'"):
+        ModelConfig(**base, **{field: "tAPE"})
+    fake = ModelConfig(**base)
+    object.__setattr__(fake, field, "tAPE")  # as if a name passed validation but had no factory
+    with pytest.raises(ValueError, match=rf"ModelConfig.{field}: expected one of {re.escape(str(names))} "
+                                         r"\(regimetry.registry\), got 'tAPE'"):
+        build_classifier(fake, window_size=5, num_features=3, num_classes=3)
+
+
+def test_the_registry_imports_no_keras():
+    """Config validation reads the registry, and the command line must not pull in Keras for it."""
+    code = ("import sys; import regimetry.config, regimetry.registry; "
+            "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_config_lists_the_layers_own_styles_and_activations():
+    """The two option lists that are arguments of one layer rather than registered layers."""
+    from regimetry import config as C
+    from regimetry.layers import encoder, positional
+
+    assert C.ENCODING_STYLES == positional.STYLES and C.ACTIVATIONS == encoder.ACTIVATIONS

@@ -57,19 +57,27 @@ def sinusoidal_table(length, depth: int, max_wavelength: float = 10000.0, style:
     """
     if style not in STYLES:
         raise ValueError(f"style: expected one of {list(STYLES)}, got {style!r}")
-    pair, is_cos = _channel_layout(int(depth), style)
-    inv_freq = np.power(float(max_wavelength), -2.0 * pair / float(depth)).astype("float32")
     positions = ops.cast(ops.arange(length), "float32")
-    angles = ops.expand_dims(positions, 1) * ops.convert_to_tensor(inv_freq[None, :])
-    table = ops.where(ops.convert_to_tensor(is_cos[None, :]), ops.cos(angles), ops.sin(angles))
-    return ops.cast(table, dtype)
+    return ops.cast(_table(positions, int(depth), max_wavelength, style, ops, "float32"), dtype)
+
+
+def _table(positions, depth: int, max_wavelength: float, style: str, xp, dtype: str):
+    """The one implementation of the sinusoid, for ``xp`` = ``numpy`` (a static length: the table is
+    computed once, in float64, in ``build``) or ``keras.ops`` (a length known only at run time).
+
+    ``positions``: ``(T,)`` positions of ``xp``; the frequencies are computed in float64 by NumPy and
+    cast to ``dtype``, the angles and their sines and cosines in ``dtype``.
+    """
+    pair, is_cos = _channel_layout(depth, style)
+    inv_freq = np.power(float(max_wavelength), -2.0 * pair / float(depth)).astype(dtype)
+    constant = np.asarray if xp is np else ops.convert_to_tensor
+    angles = xp.expand_dims(positions, 1) * constant(inv_freq[None, :])
+    return xp.where(constant(is_cos[None, :]), xp.cos(angles), xp.sin(angles))
 
 
 def _numpy_table(length: int, depth: int, max_wavelength: float, style: str) -> np.ndarray:
-    pair, is_cos = _channel_layout(depth, style)
-    inv_freq = np.power(float(max_wavelength), -2.0 * pair / float(depth))
-    angles = np.arange(length, dtype="float64")[:, None] * inv_freq[None, :]
-    return np.where(is_cos[None, :], np.cos(angles), np.sin(angles)).astype("float32")
+    positions = np.arange(length, dtype="float64")
+    return _table(positions, depth, max_wavelength, style, np, "float64").astype("float32")
 
 
 @keras.saving.register_keras_serializable(package="regimetry")
