@@ -5,7 +5,7 @@ Two parts, both run by hand (never in tests):
 
 * ``runs`` (default): in this process, exactly what a tuning trial and a confirmation run of 03 do
   (``training.fit`` on the first evaluation block of the default S&P 500 data, then
-  ``tracking.log_training_run`` with the harness's arguments, in a run of a temporary MLflow store),
+  ``run_record.build`` + ``tracking.log_training_run`` with the harness's arguments, in a run of a temporary MLflow store),
   with every phase timed by wrapping the library function that does it. Times are *exclusive* (a
   phase's time excludes the phases nested in it), so the rows add up to the run's wall time. The
   start-up cost of a worker process (interpreter + imports) is measured in a fresh subprocess.
@@ -47,22 +47,25 @@ PHASES = [
     ("regimetry.training", "warm_start_shortcut", "shortcut warm start (logistic regression)"),
     ("regimetry.training", "compile_model", "compile"),
     ("keras", "Model.fit", "training steps (incl. graph tracing)"),
+    # each name wrapped where it is called (a module that imported it holds its own binding)
     ("regimetry.training", "predict_proba", "prediction (per-epoch validation, final val, test)"),
+    ("regimetry.scoring", "predict_proba", "prediction (per-epoch validation, final val, test)"),
     ("regimetry.training", "metrics_from_probs", "metrics (scikit-learn)"),
+    ("regimetry.scoring", "metrics_from_probs", "metrics (scikit-learn)"),
     ("keras", "Model.get_weights", "best-weights snapshots"),
-    ("regimetry.models", "attention_scores", "attention extraction"),
+    ("regimetry.run_record", "attention_scores", "attention extraction"),
     ("regimetry.plots", "confusion_matrix_figure", "figure drawing"),
     ("regimetry.plots", "training_curves", "figure drawing"),
     ("regimetry.plots", "attention_heatmaps", "figure drawing"),
-    ("regimetry.tracking", "log_figure", "figure saving + upload"),
-    ("regimetry.tracking", "_log_model", "model saving (.keras, MLflow flavour)"),
-    ("regimetry.tracking", "log_params", "MLflow params/metrics/tags/dicts"),
-    ("regimetry.tracking", "log_metrics", "MLflow params/metrics/tags/dicts"),
-    ("regimetry.tracking", "log_history", "MLflow params/metrics/tags/dicts"),
-    ("regimetry.tracking", "log_dict", "MLflow params/metrics/tags/dicts"),
-    ("regimetry.tracking", "set_tags", "MLflow params/metrics/tags/dicts"),
-    ("regimetry.tracking", "git_info", "git / version tags"),
-    ("regimetry.tracking", "version_tags", "git / version tags"),
+    ("regimetry.tracking.training_run", "log_figure", "figure saving + upload"),
+    ("regimetry.tracking.training_run", "_log_model", "model saving (.keras, MLflow flavour)"),
+    ("regimetry.tracking.training_run", "log_params", "MLflow params/metrics/tags/dicts"),
+    ("regimetry.tracking.training_run", "log_metrics", "MLflow params/metrics/tags/dicts"),
+    ("regimetry.tracking.training_run", "log_history", "MLflow params/metrics/tags/dicts"),
+    ("regimetry.tracking.training_run", "log_dict", "MLflow params/metrics/tags/dicts"),
+    ("regimetry.tracking.training_run", "set_tags", "MLflow params/metrics/tags/dicts"),
+    ("regimetry.tracking.training_run", "git_info", "git / version tags"),
+    ("regimetry.tracking.training_run", "version_tags", "git / version tags"),
 ]
 
 
@@ -131,7 +134,7 @@ def _table(rows: list[tuple[str, float, int]], total: float) -> str:
 def profile_runs(dataset: str) -> None:
     import importlib.util
 
-    from regimetry import studies, tracking, training
+    from regimetry import run_record, studies, tracking, training
 
     spec = importlib.util.spec_from_file_location("exp03", ROOT / "experiments" / "03_encoding_ablation.py")
     module = importlib.util.module_from_spec(spec)
@@ -158,7 +161,8 @@ def profile_runs(dataset: str) -> None:
             t0 = time.perf_counter()
             with tracking.run("profile", run_name=stage):
                 result = training.fit(splits, model_cfg, train_cfg)
-                tracking.log_training_run(result, splits, model_cfg, train_cfg, stage=stage, arm=arm.name, **kwargs)
+                tracking.log_training_run(run_record.build(result, splits, model_cfg, train_cfg, stage=stage,
+                                                           arm=arm.name, **kwargs))
                 if stage == "confirm":  # what _confirm_one does after logging
                     training.predict_proba(result.model, splits.test.X)
             total = time.perf_counter() - t0

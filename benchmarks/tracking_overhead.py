@@ -1,7 +1,7 @@
 """Share of a trial's wall time spent in MLflow tracking, and the cost of the full Keras flavour.
 
 A "trial" here is what the study harness does per Optuna trial: ``training.fit`` on prepared data,
-then ``tracking.log_training_run`` in a run of a temporary SQLite store. Three logging variants:
+then ``run_record.build`` and ``tracking.log_training_run`` in a run of a temporary SQLite store. Three logging variants:
 
 * ``trial``: ``full_model=False, test=False`` (the ``.keras`` file, figures, attention maps);
 * ``trial, no figures``: as above with ``figures=False, attention=False``;
@@ -23,7 +23,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from regimetry import tracking, training  # noqa: E402
+from regimetry import run_record, tracking, training  # noqa: E402
 from regimetry.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from regimetry.data import prepare  # noqa: E402
 
@@ -56,8 +56,8 @@ def main() -> None:
                 fit_s = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 with tracking.run("overhead", run_name=f"{name} {rep}"):
-                    tracking.log_training_run(result, splits, model_config, train_config, stage="trial",
-                                              arm="bench", **kwargs)
+                    tracking.log_training_run(run_record.build(result, splits, model_config, train_config,
+                                                               stage="trial", arm="bench", **kwargs))
                 log_s = time.perf_counter() - t1
                 times[name].append((fit_s, log_s))
                 print(f"  rep {rep} {name}: fit {fit_s:.1f} s, tracking {log_s:.2f} s", flush=True)

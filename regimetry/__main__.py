@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    from regimetry import tracking, training
+    from regimetry import run_record, tracking, training
     from regimetry.data import prepare
 
     try:
@@ -150,10 +150,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             epoch_callback=_progress if args.verbose == 0 else None,
         )
         t1 = time.perf_counter()
-        final = tracking.log_training_run(
+        final = tracking.log_training_run(run_record.build(
             result, splits, model_config, train_config,
             stage=args.stage, arm=args.arm, full_model=not args.quick_model, test=not args.no_test,
-        )
+        ))
         tracking.log_metrics({"time/prepare_seconds": prep_seconds, "time/logging_seconds": time.perf_counter() - t1},
                              step=result.epochs_run)
     print(

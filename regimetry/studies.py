@@ -852,7 +852,7 @@ class _WorkerContext:
 
 
 def _run_trial(ctx: _WorkerContext, study: optuna.Study, trial: optuna.Trial, arm: Arm, splits) -> None:
-    from regimetry import tracking, training
+    from regimetry import run_record, tracking, training
 
     trial_seed = ctx.options.seed + arm.seed_offset
     tags = {
@@ -896,8 +896,8 @@ def _run_trial(ctx: _WorkerContext, study: optuna.Study, trial: optuna.Trial, ar
                     study.tell(trial, state=TrialState.PRUNED)
                     _progress(study, arm, trial.number, TrialState.PRUNED, ctx.budget)
                     return
-                tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="trial", arm=arm.name,
-                                          seed=trial_seed, test=False)
+                tracking.log_training_run(run_record.build(result, splits, model_cfg, train_cfg, stage="trial",
+                                                           arm=arm.name, seed=trial_seed, test=False))
                 value = float(result.val_metrics[_monitor_metric(train_cfg)])
                 if not math.isfinite(value):
                     raise FloatingPointError(f"validation {train_cfg.monitor} is {value}")
@@ -1047,7 +1047,7 @@ def _best_configs(study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, ModelC
 
 def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int,
                  model_cfg: ModelConfig, train_cfg: TrainConfig, key: str) -> dict[str, Any]:
-    from regimetry import tracking, training
+    from regimetry import run_record, tracking, training
 
     arm = ctx.ablation.arm(arm_name)
     blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
@@ -1067,8 +1067,8 @@ def _confirm_one(ctx: _WorkerContext, arm_name: str, block_index: int, seed: int
         # confirmation stage: only the most recent block's first seed logs it (the model a user would
         # deploy); every run still saves its .keras file, which load_model reads.
         full_model = block_index == len(blocks) - 1 and seed == ctx.options.seed + arm.seed_offset
-        tracking.log_training_run(result, splits, model_cfg, train_cfg, stage="confirm", arm=arm.name,
-                                  seed=seed, test=True, full_model=full_model, test_probs=probs)
+        tracking.log_training_run(run_record.build(result, splits, model_cfg, train_cfg, stage="confirm", arm=arm.name,
+                                                   seed=seed, test=True, full_model=full_model, test_probs=probs))
         # Logged before the run ends FINISHED, so every FINISHED confirmation run holds its probabilities
         # and a re-run after a crash can pool them instead of training again (_resume_confirmations).
         with tempfile.TemporaryDirectory() as tmp:

@@ -15,7 +15,7 @@ import pytest
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from regimetry import tracking, training  # noqa: E402
+from regimetry import run_record, tracking, training  # noqa: E402
 from regimetry.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 
 TINY_MODEL = ModelConfig(d_model=16, num_heads=4, ff_dim=8, num_layers=2)
@@ -156,8 +156,8 @@ def test_one_epoch_run_logs_everything_and_the_model_round_trips(tracking_uri, o
 
     splits, result = one_epoch
     with tracking.run("complete", run_name="one epoch") as active:
-        final = tracking.log_training_run(result, splits, TINY_MODEL, ONE_EPOCH, stage="confirm", arm="mean",
-                                          full_model=True)
+        final = tracking.log_training_run(run_record.build(result, splits, TINY_MODEL, ONE_EPOCH, stage="confirm",
+                                                           arm="mean", full_model=True))
     row = tracking.search_runs("complete").iloc[0]
     assert row["status"] == "FINISHED"
     # params: the flattened resolved configs
@@ -180,7 +180,7 @@ def test_one_epoch_run_logs_everything_and_the_model_round_trips(tracking_uri, o
     assert row["metrics.best_epoch"] == 0 and row["metrics.epochs_run"] == 1
     # artifacts
     artifacts = set(tracking.list_artifacts(active.run_id))
-    windows = tracking.attention_window_indices(len(splits.val))
+    windows = run_record.attention_window_indices(len(splits.val))
     expected = {"config/config.json", "data/feature_names.json", "data/class_names.json",
                 "figures/confusion_val.png", "figures/confusion_test.png", "figures/training_curves.png",
                 "metrics/confusion_val.json", "metrics/confusion_test.json", "keras/model.keras"} | {f"attention/window_{i}.png" for i in windows}
@@ -205,8 +205,8 @@ def test_one_epoch_run_logs_everything_and_the_model_round_trips(tracking_uri, o
 def test_quick_model_is_a_keras_file_that_loads(tracking_uri, one_epoch):
     random_splits, result = one_epoch
     with tracking.run("quick") as active:
-        tracking.log_training_run(result, random_splits, TINY_MODEL, ONE_EPOCH, stage="trial", arm="a",
-                                  test=False, figures=False, attention=False)
+        tracking.log_training_run(run_record.build(result, random_splits, TINY_MODEL, ONE_EPOCH, stage="trial",
+                                                   arm="a", test=False, figures=False, attention=False))
     artifacts = tracking.list_artifacts(active.run_id)
     assert "keras/model.keras" in artifacts and "model/MLmodel" not in artifacts
     assert not any(a.startswith("figures/") or a.startswith("attention/") for a in artifacts)
@@ -254,3 +254,39 @@ def test_a_plain_directory_tracking_uri_says_what_works(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"^MLFLOW_TRACKING_URI "):
         tracking.configure(None)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ---- the tracker computes nothing (issue 13) ------------------------------------------------------
+def test_the_record_holds_everything_computed_before_logging(one_epoch):
+    splits, result = one_epoch
+    record = run_record.build(result, splits, TINY_MODEL, ONE_EPOCH, stage="confirm", arm="mean", full_model=True)
+    try:
+        expected = training.evaluate_full(result.model, splits.test, splits.class_names)
+        assert {k: record.metrics[f"test/{k}"] for k in expected.metrics} == pytest.approx(expected.metrics, nan_ok=True)
+        np.testing.assert_array_equal(record.dicts["metrics/confusion_test.json"]["matrix"], expected.confusion)
+        np.testing.assert_array_equal(record.test_probs, expected.probs)
+        windows = run_record.attention_window_indices(len(splits.val))
+        assert [a.shape for a in record.attention] == [(len(windows), 4, 6, 6)] * 2  # 2 blocks, 4 heads, T 6
+        assert set(record.figures) == {"figures/confusion_val.png", "figures/confusion_test.png",
+                                       "figures/training_curves.png"} | {f"attention/window_{i}.png" for i in windows}
+        assert record.tags["attention_windows"] == json.dumps(windows) and record.metrics_step == result.epochs_run
+        inputs, outputs = record.signature_example
+        assert inputs.shape == (2, 6, 7) and outputs.shape == (2, 3)
+    finally:
+        record.close_figures()
+    assert plt.get_fignums() == []
+
+
+def test_the_tracking_package_imports_no_model_training_or_metrics_code():
+    import ast
+    from pathlib import Path
+
+    computing = {"regimetry.models", "regimetry.training", "regimetry.scoring", "regimetry.run_record",
+                 "regimetry.evaluation", "regimetry.layers"}
+    package = Path(tracking.__file__).parent
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        allowed = {"regimetry.layers"} if path.name == "training_run.py" else set()  # load_model registers layers
+        assert not (names & computing) - allowed, (path.name, names & computing)
