@@ -1,0 +1,40 @@
+"""Credentials in storage and tracking URLs, kept out of every message, tag, log line and report."""
+
+from __future__ import annotations
+
+__all__ = ["has_password", "mask_password", "one_line", "redact_url"]
+
+
+def has_password(url: str | None) -> bool:
+    """Whether a storage / tracking URL carries credentials (``scheme://user:pw@host/...``). Only the
+    network location counts: ``sqlite:///data/a@b.db`` is a file name with an ``@``, not a password."""
+    return bool(url) and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+
+
+def one_line(message: object, limit: int = 400) -> str:
+    """A driver's (possibly multi-line) error message as one line: SQLAlchemy's "Background on this
+    error" link dropped, whitespace collapsed, cut at ``limit`` characters."""
+    lines = [line for line in str(message).splitlines() if not line.strip().startswith("(Background on this error")]
+    text = " ".join(" ".join(lines).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (``postgresql://u:***@host/db``), for every message,
+    tag, log line and report; URLs without credentials come back unchanged."""
+    if not has_password(url):
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, slash, tail = rest.partition("/")
+    creds, host = netloc.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}{slash}{tail}"
+
+
+def mask_password(text: object, url: str | None) -> str:
+    """``text`` (e.g. a database driver's error message, which may quote the URL) with the password of
+    ``url`` replaced by ``***`` wherever it occurs."""
+    text = str(text)
+    if not has_password(url):
+        return text
+    password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2]
+    return text.replace(password, "***") if password else text
