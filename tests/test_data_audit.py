@@ -113,3 +113,27 @@ def test_the_fixture_and_clean_columns_raise_no_warning(tmp_path):
             warnings.filterwarnings("ignore", message=".*constant over the training period", category=RegimetryDataWarning)
             splits = prepare(DataConfig(source="csv", csv_path=str(path), **extra))
         assert not any(a["flagged"] for a in splits.extras["leakage_audit"])
+
+
+def test_the_same_leakage_warning_is_shown_once_per_process(tmp_path, monkeypatch):
+    """A study prepares the same file for every trial, fold and seed: the finding is shown once, even under
+    an "always" filter (issue 14); another finding is still shown."""
+    from regimetry.data import splits as splits_module
+
+    monkeypatch.setattr(splits_module, "_WARNED", set())
+    path = _csv_with(tmp_path, {"fwd_vol": lambda b: _canaries(b["log_return"])["forward_vol_21"]})
+    config = DataConfig(source="csv", csv_path=path, features=("log_return", "abs_return"), folds_start="2005-01-01",
+                        num_folds=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = prepare(config)
+        prepare(config)
+        prepare_folds(config)  # audits the last fold's (longer) training period: another finding
+        prepare_folds(config)
+        other = prepare(config.replace(horizon=10))  # another label horizon: another finding
+        prepare(config)
+    leaks = [w for w in caught if issubclass(w.category, RegimetryDataWarning) and "look into the future" in str(w.message)]
+    messages = [str(w.message) for w in leaks]
+    assert len(messages) == len(set(messages)) == 3, messages
+    assert {w.filename for w in leaks} == {__file__}  # each points at the caller of prepare / prepare_folds
+    assert first.extras["leakage_audit"] and other.extras["leakage_audit"]  # the audit itself still runs each time

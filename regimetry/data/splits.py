@@ -441,5 +441,20 @@ def _audit_inputs(base: _Base, train: np.ndarray) -> dict[str, Any]:
                      "data.leakage_check=off if you are sure)")
         if config.leakage_check == "error":
             raise ValueError(message)
-        warnings.warn(message, RegimetryDataWarning, stacklevel=3)
+        _warn_once(message)
     return {"leakage_audit": [dataclasses.asdict(a) for a in results]}
+
+
+#: Leakage warnings already shown by this process.
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """Show a leakage warning once per process and message: a study prepares the same file for every
+    trial, fold and seed, and the same finding repeated hundreds of times buries everything else.
+    Python's own once-per-location filter does not hold here: every ``warnings.catch_warnings`` block
+    (scikit-learn, the metrics) resets it."""
+    if message in _WARNED:
+        return
+    _WARNED.add(message)
+    warnings.warn(message, RegimetryDataWarning, stacklevel=4)
