@@ -426,24 +426,7 @@ def fit(
     _check_splits(splits)
     t0 = time.perf_counter()
     set_global_seed(train_config.seed)
-    if model is None:
-        from regimetry.models import build_classifier
-
-        model = build_classifier(
-            model_config,
-            window_size=splits.window_size,
-            num_features=splits.num_features,
-            num_classes=splits.num_classes,
-            feature_names=splits.feature_names,
-        )
-        if reuse_graphs:
-            key = (model_config, train_config.replace(seed=0), splits.window_size, splits.num_features,
-                   splits.num_classes, tuple(splits.feature_names or ()))
-            model = _COMPILED_MODELS.compiled(key, model, train_config)
-        else:
-            compile_model(model, train_config)
-    else:
-        compile_model(model, train_config)
+    model = _compiled_model(splits, model_config, train_config, model, reuse_graphs)
     k = splits.num_classes
     weights = None
     if train_config.class_weight == "balanced":
@@ -460,15 +443,42 @@ def fit(
     if callback.best_weights is not None:
         model.set_weights(callback.best_weights)
     final = evaluate_full(model, splits.val, splits.class_names, batch_size=predict_batch_size)
-    epochs_run = len(callback.history.get("train/loss", []))
+    return _train_result(model, callback, final, time.perf_counter() - t0, model_config, train_config)
+
+
+def _compiled_model(splits: Splits, model_config: ModelConfig, train_config: TrainConfig, model: Any,
+                    reuse_graphs: bool) -> Any:
+    """The compiled model ``fit`` trains: ``model`` when given, else one built from ``model_config`` (the
+    caller has seeded), or with ``reuse_graphs`` the kept compiled model of that configuration."""
+    if model is not None:
+        return compile_model(model, train_config)
+    from regimetry.models import build_classifier  # Keras: see the imports at the top
+
+    model = build_classifier(
+        model_config,
+        window_size=splits.window_size,
+        num_features=splits.num_features,
+        num_classes=splits.num_classes,
+        feature_names=splits.feature_names,
+    )
+    if not reuse_graphs:
+        return compile_model(model, train_config)
+    key = (model_config, train_config.replace(seed=0), splits.window_size, splits.num_features,
+           splits.num_classes, tuple(splits.feature_names or ()))
+    return _COMPILED_MODELS.compiled(key, model, train_config)
+
+
+def _train_result(model: Any, callback: Any, final: EvalResult, fit_seconds: float, model_config: ModelConfig,
+                  train_config: TrainConfig) -> TrainResult:
+    """The ``TrainResult`` of a finished fit (``callback``: its validation and early-stopping callback)."""
     monitor_key = MONITOR_KEYS[train_config.monitor]
     return TrainResult(
         model=model,
         history=callback.history,
         best_epoch=int(callback.best_epoch),
-        epochs_run=epochs_run,
+        epochs_run=len(callback.history.get("train/loss", [])),
         stopped_early=bool(callback.stopped_early),
-        fit_seconds=time.perf_counter() - t0,
+        fit_seconds=fit_seconds,
         val_metrics=final.metrics,
         val_confusion=final.confusion,
         monitor=monitor_key,

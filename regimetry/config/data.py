@@ -128,6 +128,14 @@ class DataConfig(_ConfigBase):
     leakage_check: str = "warn"
 
     def __post_init__(self) -> None:
+        # In this order, so that the first problem of a config is the one reported.
+        self._check_source()
+        self._check_sizes()
+        self._check_options()
+        self._check_dates()
+        self._check_target()
+
+    def _check_source(self) -> None:
         name = type(self).__name__
         if self.source not in SOURCES and self.source not in CONTROL_SOURCES:
             raise _err(name, "source", f"expected one of {list(SOURCES)} or control:<task> with task in "
@@ -137,6 +145,9 @@ class DataConfig(_ConfigBase):
         if self.csv_path and self.source != "csv":
             raise _err(name, "csv_path", f"is read only with source='csv', but source is {self.source!r}: set "
                                          f"data.source=csv to use {self.csv_path}, or drop csv_path")
+
+    def _check_sizes(self) -> None:
+        name = type(self).__name__
         for field in ("horizon", "num_regimes", "window_size", "stride", "num_folds", "synthetic_bars"):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -156,6 +167,9 @@ class DataConfig(_ConfigBase):
                 f"train_fraction + val_fraction must be < 1 to leave a test split, got "
                 f"{self.train_fraction} + {self.val_fraction}",
             )
+
+    def _check_options(self) -> None:
+        name = type(self).__name__
         if self.label_buckets is not None:
             if not isinstance(self.label_buckets, int) or isinstance(self.label_buckets, bool) or not (
                     2 <= self.label_buckets <= MAX_REGIMES):
@@ -172,6 +186,9 @@ class DataConfig(_ConfigBase):
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 raise _err(name, "timezone", f"expected an IANA time zone such as 'America/New_York' or "
                                              f"'Europe/London', got {self.timezone!r}") from None
+
+    def _check_dates(self) -> None:
+        name = type(self).__name__
         if (self.val_start is None) != (self.test_start is None):
             raise _err(name, "val_start", "give both val_start and test_start, or neither")
         for field in ("val_start", "test_start", "start", "end", "folds_start", "folds_end"):
@@ -180,6 +197,9 @@ class DataConfig(_ConfigBase):
                 _check_date(name, field, value)
         if self.val_start is not None and self.test_start is not None and self.val_start >= self.test_start:
             raise _err(name, "test_start", f"must come after val_start ({self.val_start}), got {self.test_start}")
+
+    def _check_target(self) -> None:
+        name = type(self).__name__
         target = self.resolved_target
         if target == "true_regime" and self.source != "synthetic" and self.control_task is None:
             raise _err(name, "target", "'true_regime' exists only for source='synthetic' or a control:<task>")
