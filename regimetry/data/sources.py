@@ -370,23 +370,42 @@ def source_from_frame(
     columns = [str(c) for c in frame.columns]
     frame = frame.copy()
     frame.columns = columns
-    lower = {c.lower().strip(): c for c in columns}
+    ts_col = _timestamp_column(columns, config, where)
+    index = _parse_timestamps(_cells(frame[ts_col]), where, ts_col, config.timezone)
+    label_col = _label_column(columns, config, where)
+    bars, bar_cols = _bar_frame(frame, ts_col, label_col, index, where)
+    exclude = set(config.exclude_columns or ())
+    candidates = [c for c in columns if c != ts_col and c != label_col and c not in bar_cols.values()]
+    if config.include_columns is not None:
+        candidates = [c for c in config.include_columns if c in candidates]
+    input_frame, kinds = _input_frame(frame, [c for c in candidates if c not in exclude], index, where)
+    label_values = None if label_col is None else _label_values(_cells(frame[label_col]), label_col, index, where)
+    return SourceData(name=config.dataset_name, bars=bars, inputs=input_frame, kinds=kinds, label_values=label_values,
+                      path=config.csv_path)
+
+
+def _timestamp_column(columns: list[str], config: DataConfig, where: str) -> str:
+    """``DataConfig.timestamp_column``, or the first column named like a timestamp (any case)."""
     if config.timestamp_column is not None:
         if config.timestamp_column not in columns:
             raise ValueError(
                 f"{where}: timestamp column {config.timestamp_column!r} (DataConfig.timestamp_column) not found; "
                 f"columns are {columns}"
             )
-        ts_col = config.timestamp_column
-    else:
-        ts_col = next((lower[c] for c in TIMESTAMP_CANDIDATES if c in lower), None)
-        if ts_col is None:
-            raise ValueError(
-                f"{where}: no timestamp column; expected one named {list(TIMESTAMP_CANDIDATES)} (any case) or set "
-                f"DataConfig.timestamp_column; columns are {columns}"
-            )
-    index = _parse_timestamps(_cells(frame[ts_col]), where, ts_col, config.timezone)
+        return config.timestamp_column
+    lower = {c.lower().strip(): c for c in columns}
+    ts_col = next((lower[c] for c in TIMESTAMP_CANDIDATES if c in lower), None)
+    if ts_col is None:
+        raise ValueError(
+            f"{where}: no timestamp column; expected one named {list(TIMESTAMP_CANDIDATES)} (any case) or set "
+            f"DataConfig.timestamp_column; columns are {columns}"
+        )
+    return ts_col
 
+
+def _label_column(columns: list[str], config: DataConfig, where: str) -> str | None:
+    """The label column of ``target="column:<name>"`` (``None`` otherwise), after checking that it and
+    every column ``include_columns`` / ``exclude_columns`` name exist, and that no input is the label."""
     target = config.resolved_target
     label_col = target[len("column:"):] if target.startswith("column:") else None
     if label_col is not None and label_col not in columns:
@@ -400,9 +419,15 @@ def source_from_frame(
     if config.include_columns is not None and label_col in config.include_columns:
         raise ValueError(f"{where}: DataConfig.include_columns contains the label column {label_col!r}; a label "
                          f"cannot be an input")
+    return label_col
 
+
+def _bar_frame(frame: pd.DataFrame, ts_col: str, label_col: str | None, index: pd.DatetimeIndex,
+               where: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The OHLCV columns (by alias) as checked floats, plus ``log_return`` of the (adjusted) close; and
+    ``{canonical name: column}``."""
     bar_cols: dict[str, str] = {}
-    for c in columns:
+    for c in frame.columns:
         canonical = _BAR_ALIASES.get(c.lower().strip())
         if canonical is not None and c != ts_col and c != label_col:
             if canonical in bar_cols:
@@ -410,22 +435,7 @@ def source_from_frame(
             bar_cols[canonical] = c
     bars = pd.DataFrame(index=index)
     for canonical, c in bar_cols.items():
-        values = _to_float(_cells(frame[c]), where, c, index)
-        missing = np.flatnonzero(np.isnan(values))
-        if missing.size:
-            i = int(missing[0])
-            raise ValueError(f"{where}: bar column {c!r} is blank at {_line(i)} ({index[i]}); bar columns must be complete")
-        if canonical == "volume":
-            bad = np.flatnonzero(values < 0)
-            if bad.size:
-                i = int(bad[0])
-                raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): volume {values[i]} is negative")
-        else:
-            bad = np.flatnonzero(values <= 0)
-            if bad.size:
-                i = int(bad[0])
-                raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): price {values[i]} must be > 0")
-        bars[canonical] = values
+        bars[canonical] = _bar_values(_to_float(_cells(frame[c]), where, c, index), canonical, c, index, where)
     if "high" in bars and "low" in bars:
         bad = np.flatnonzero(bars["high"].to_numpy() < bars["low"].to_numpy())
         if bad.size:
@@ -434,12 +444,31 @@ def source_from_frame(
     price = "adj_close" if "adj_close" in bars else ("close" if "close" in bars else None)
     if price is not None:
         bars["log_return"] = np.log(bars[price]).diff()
+    return bars, bar_cols
 
-    exclude = set(config.exclude_columns or ())
-    candidates = [c for c in columns if c != ts_col and c != label_col and c not in bar_cols.values()]
-    if config.include_columns is not None:
-        candidates = [c for c in config.include_columns if c in candidates]
-    candidates = [c for c in candidates if c not in exclude]
+
+def _bar_values(values: np.ndarray, canonical: str, c: str, index: pd.DatetimeIndex, where: str) -> np.ndarray:
+    """One bar column, checked: complete, prices > 0, volume >= 0."""
+    missing = np.flatnonzero(np.isnan(values))
+    if missing.size:
+        i = int(missing[0])
+        raise ValueError(f"{where}: bar column {c!r} is blank at {_line(i)} ({index[i]}); bar columns must be complete")
+    if canonical == "volume":
+        bad = np.flatnonzero(values < 0)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): volume {values[i]} is negative")
+    else:
+        bad = np.flatnonzero(values <= 0)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): price {values[i]} must be > 0")
+    return values
+
+
+def _input_frame(frame: pd.DataFrame, candidates: list[str], index: pd.DatetimeIndex,
+                 where: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The input columns typed by their cells (numeric, boolean 0/1, categorical), and their kinds."""
     inputs: dict[str, Any] = {}
     kinds: dict[str, str] = {}
     for c in candidates:
@@ -451,33 +480,35 @@ def source_from_frame(
         if kind == "numeric":
             inputs[c] = _to_float(cells, where, c, index)
         elif kind == "boolean":
-            values = np.full(len(cells), np.nan)
-            for i, v in enumerate(cells):
-                if v is None:
-                    continue
-                code = _BOOL_TOKENS.get(v.lower())
-                if code is None:
-                    raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): {v!r} is not True/False/blank "
-                                     f"(the column is boolean)")
-                values[i] = code
-            inputs[c] = values
+            inputs[c] = _to_bool(cells, where, c, index)
         else:
             inputs[c] = np.array([np.nan if v is None else v for v in cells], dtype=object)
         kinds[c] = kind
-    input_frame = pd.DataFrame(inputs, index=index)
+    return pd.DataFrame(inputs, index=index), kinds
 
-    label_values = None
-    if label_col is not None:
-        cells = _cells(frame[label_col])
-        present = [v for v in cells if v is not None]
-        if not present:
-            raise ValueError(f"{where}: label column {label_col!r} is blank on every row")
-        if all(_is_number(v) and math.isfinite(float(v)) for v in present):
-            label_values = pd.Series([np.nan if v is None else float(v) for v in cells], index=index, dtype=np.float64)
-        else:
-            label_values = pd.Series([np.nan if v is None else v for v in cells], index=index, dtype=object)
-    return SourceData(name=config.dataset_name, bars=bars, inputs=input_frame, kinds=kinds, label_values=label_values,
-                      path=config.csv_path)
+
+def _to_bool(cells, where: str, c: str, index: pd.DatetimeIndex) -> np.ndarray:
+    """A boolean column's cells as 1.0 / 0.0 / NaN (blank)."""
+    values = np.full(len(cells), np.nan)
+    for i, v in enumerate(cells):
+        if v is None:
+            continue
+        code = _BOOL_TOKENS.get(v.lower())
+        if code is None:
+            raise ValueError(f"{where}: column {c!r}, {_line(i)} ({index[i]}): {v!r} is not True/False/blank "
+                             f"(the column is boolean)")
+        values[i] = code
+    return values
+
+
+def _label_values(cells, label_col: str, index: pd.DatetimeIndex, where: str) -> pd.Series:
+    """The label column's values: floats when every present cell is a finite number, else objects."""
+    present = [v for v in cells if v is not None]
+    if not present:
+        raise ValueError(f"{where}: label column {label_col!r} is blank on every row")
+    if all(_is_number(v) and math.isfinite(float(v)) for v in present):
+        return pd.Series([np.nan if v is None else float(v) for v in cells], index=index, dtype=np.float64)
+    return pd.Series([np.nan if v is None else v for v in cells], index=index, dtype=object)
 
 
 # ------------------------------------------------------------------------------------------------
