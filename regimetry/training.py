@@ -99,11 +99,11 @@ def set_global_seed(seed: int, *, deterministic_ops: bool = False) -> None:
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"set_global_seed: seed must be a non-negative integer, got {seed!r}")
-    import keras
+    import keras  # TensorFlow: imported where a model is trained (see the imports at the top)
 
     keras.utils.set_random_seed(int(seed))
     if deterministic_ops:
-        import tensorflow as tf
+        import tensorflow as tf  # see the imports at the top
 
         tf.config.experimental.enable_op_determinism()
 
@@ -142,7 +142,7 @@ def make_dataset(
             ``None`` keeps the chronological order and every window (validation / test).
         sample_weight: optional float32 ``(n,)`` per-window loss weights.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # see the imports at the top
 
     y_onehot = np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
     tensors: tuple = (np.asarray(X, dtype=np.float32), y_onehot)
@@ -194,7 +194,7 @@ class TrainResult:
 
 
 def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch_callback, predict_batch):
-    import keras
+    import keras  # TensorFlow: imported where a model is trained (see the imports at the top)
 
     monitor_key = MONITOR_KEYS[train_config.monitor]
     sign = -1.0 if train_config.monitor_mode == "min" else 1.0
@@ -305,7 +305,7 @@ def warm_start_shortcut(model: Any, train: SplitData, num_classes: int, sample_w
 
 def compile_model(model: Any, train_config: TrainConfig) -> Any:
     """Compile ``model`` with AdamW, categorical cross-entropy (label smoothing) and accuracy."""
-    import keras
+    import keras  # TensorFlow: imported where a model is trained (see the imports at the top)
 
     optimizer = keras.optimizers.AdamW(
         learning_rate=train_config.learning_rate,

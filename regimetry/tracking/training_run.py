@@ -119,22 +119,19 @@ def load_model(ref: str, *, tracking_uri: str | None = None):
     Raises:
         ValueError: the run has no logged model.
     """
-    # Keras (and the project's layers, which register themselves with it on import) only when a model
-    # is loaded: the reports and the harness import this package without TensorFlow.
+    # Keras (and the project's layers, which register themselves with it on import; mlflow.keras imports
+    # Keras too) only when a model is loaded: the reports and the harness import this package without it.
     import keras
+    from mlflow import keras as mlflow_keras
 
     import regimetry.layers  # noqa: F401  (registers the custom layers)
 
     configure(tracking_uri)
     if "://" in ref or ref.startswith("models:/") or ref.startswith("runs:/"):
-        from mlflow import keras as mlflow_keras
-
         return mlflow_keras.load_model(ref)
     run_info = _retry(lambda: _client().get_run(ref))
     model_uri = run_info.data.tags.get("model_uri")
     if model_uri:
-        from mlflow import keras as mlflow_keras
-
         return mlflow_keras.load_model(model_uri)
     artifact = run_info.data.tags.get("model_keras")
     if not artifact:
