@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--tuning-only", action="store_true")
     parser.add_argument("--warm-start-candidate", action="store_true",
                         help="keep the warm-started shortcut unless an epoch beats it on validation")
+    parser.add_argument("--warm-start-margin", type=float, default=0.0,
+                        help="standard errors an epoch must beat the warm start by (1 = one-SE rule)")
     parser.add_argument("--num-layers", type=int, default=2)
     args = parser.parse_args()
 
@@ -86,7 +88,8 @@ def main() -> None:
         scores, best_epochs = [], []
         for seed in range(args.seeds):
             train_cfg = TrainConfig(max_epochs=args.epochs, patience=args.patience, monitor=args.monitor, seed=seed,
-                                    warm_start_candidate=args.warm_start_candidate)
+                                    warm_start_candidate=args.warm_start_candidate,
+                                    warm_start_margin=args.warm_start_margin)
             result = training.fit(splits, model_cfg, train_cfg)
             best_epochs.append(result.best_epoch)
             probs = training.predict_proba(result.model, part.X)

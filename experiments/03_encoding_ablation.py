@@ -16,7 +16,8 @@ Vaswani et al. 2017), a learnable position table, or no positional information a
   Model (``regimetry.studies.RESIDUAL_MODEL``, issue 11): a linear shortcut on the last step's HAR lags
   (log_rv_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
   inputs (it learns a residual and never sees a level); early stopping and trial choice on validation
-  log loss.
+  balanced accuracy; the best epoch is restored (``train.warm_start_candidate`` off: keeping the
+  warm-started linear model unless an epoch beats it was measured and scored the same).
 - Budget (equal per arm): 8 quasi-random (Sobol) trials per arm, the same 8 configurations in every arm,
   on the tuning period (bars before 2008: train 1999-2006, validation 2006-07..2007-09), at most
   15 epochs (patience 4), median pruning after 3 trials / 3 epochs; then each arm's best configuration is

@@ -14,7 +14,8 @@ windows (shorter histories NaN-padded and hidden by a padding mask) cost accurac
   Model (``regimetry.studies.RESIDUAL_MODEL``, issue 11): a linear shortcut on the last step's HAR lags
   (log_rv_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
   inputs (it learns a residual and never sees a level); early stopping and trial choice on validation
-  log loss.
+  balanced accuracy; the best epoch is restored (``train.warm_start_candidate`` off: keeping the
+  warm-started linear model unless an epoch beats it was measured and scored the same).
 - Budget (equal per arm): 8 Sobol trials per arm on the tuning period (bars before 2008; the
   first walk-forward fold's train/validation blocks), at most 15 epochs; best
   configuration of every arm confirmed on 5 folds (test blocks 2008-01..2018-11) x 3 seeds; pooled block-bootstrap intervals.

@@ -10,7 +10,7 @@ does it do better alone or as a residual over the shortcut (HARNet, Reisenhofer 
   by the same code, optimiser, early stopping and budget), ``encoder_only`` (``linear_shortcut=False``
   on raw, uncentred windows: the first round's model) and ``encoder_plus_shortcut`` (the residual model
   03-06 fix, ``regimetry.studies.RESIDUAL_MODEL``: centred windows into the encoder, logits added to
-  the shortcut's).
+  the shortcut's; the best epoch is restored, ``train.warm_start_candidate`` off).
 - Nuisance hyperparameters (tuned separately in every arm over the same space,
   ``regimetry.studies.DEFAULT_NUISANCE``): learning rate, weight decay, dropout, d_model, num_heads,
   ff_dim, batch size, head. For ``shortcut_only`` only the optimiser settings act; it still spends the

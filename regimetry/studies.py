@@ -226,6 +226,11 @@ HAR_SHORTCUT_FEATURES = ("log_rv_1", "log_rv_5", "log_rv_22")
 #: against .604 and .585 here); without centring (shortcut on every feature) .206/.478/.460; no
 #: shortcut .248/.053/.437; centring with the shortcut on every feature .313/.680/.497; the HAR-lag
 #: shortcut alone .613/.985/.437 (inputs log_rv_1/5/22).
+#: Measured and not adopted (benchmarks/README.md, "The warm start as an early-stopping candidate"):
+#: keeping the warm-started linear model unless an epoch beats it on validation
+#: (``train.warm_start_candidate``, strictly or by one standard error, ``train.warm_start_margin``)
+#: scored the same as restoring the best epoch, inside the tuning period (.680 vs .681) and in two full
+#: 03 runs (pooled .576-.594 against .579-.598), so the model of the published proof runs stays.
 RESIDUAL_MODEL = {"model.linear_shortcut": True, "model.center_windows": True,
                   "model.shortcut_features": HAR_SHORTCUT_FEATURES, "train.monitor": "val_balanced_accuracy"}
 _SHORTCUT_FALLBACK_LOGGED: set = set()

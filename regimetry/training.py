@@ -22,7 +22,9 @@ Training (``fit``):
   zero (``regime_logits`` is zero-initialised). So training starts from a HAR-like linear model and
   the encoder learns a residual over it, as HARNet starts from HAR (Reisenhofer et al. 2022).
   With ``TrainConfig.warm_start_candidate`` that linear start is scored on validation before the
-  first step and kept unless an epoch beats it strictly on ``monitor`` (``best_epoch = -1``).
+  first step and kept unless an epoch beats it strictly on ``monitor`` (``best_epoch = -1``), or by
+  more than ``TrainConfig.warm_start_margin`` standard errors of the paired validation difference
+  (the one-standard-error rule at 1; Breiman et al. 1984; Hastie, Tibshirani & Friedman 2009, 7.10).
 * Seeded: ``set_global_seed`` seeds Python, NumPy, TensorFlow and Keras before the model is built.
   On CPU this alone gives bit-identical metrics for the same seed (measured; see
   ``set_global_seed``), so TensorFlow's op determinism is off by default.
@@ -45,6 +47,7 @@ from threadpoolctl import threadpool_limits
 
 # Keras, TensorFlow and regimetry.models are imported inside the functions that train: the command line
 # and the study harness's parent process import this module without paying for (or starting) TensorFlow.
+from regimetry import evaluation
 from regimetry.config import ModelConfig, TrainConfig
 from regimetry.data.types import SplitData, Splits
 # The metrics of record live in regimetry.scoring (no Keras); re-exported here, their historical home.
@@ -193,7 +196,12 @@ class TrainResult:
     train_config: TrainConfig | None = None
 
 
-def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch_callback, predict_batch):
+#: Bootstrap replicates behind the standard error of ``TrainConfig.warm_start_margin``.
+WARM_START_BOOTSTRAP = 200
+
+
+def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch_callback, predict_batch,
+                   block_length: int = 1):
     import keras  # TensorFlow: imported where a model is trained (see the imports at the top)
 
     monitor_key = MONITOR_KEYS[train_config.monitor]
@@ -211,6 +219,7 @@ def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch
             self.wait = 0
             self.stopped_early = False
             self.warm_start_metrics: dict[str, float] | None = None
+            self.warm_start_probs: np.ndarray | None = None
             self._t0 = time.perf_counter()
 
         def start_at_warm_start(self, model) -> None:
@@ -220,6 +229,23 @@ def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch
             self.warm_start_metrics = metrics_from_probs(val.y, probs, class_names).metrics
             self.best_score = sign * self.warm_start_metrics[_METRIC_OF_MONITOR[monitor_key]]
             self.best_weights = [np.array(w, copy=True) for w in model.get_weights()]
+            self.warm_start_probs = probs
+
+        def _beats_warm_start_by_margin(self, probs: np.ndarray) -> bool:
+            """While the warm start is the best candidate: does this epoch beat it by more than
+            ``warm_start_margin`` standard errors of the paired difference on validation?"""
+            if self.best_epoch >= 0 or self.warm_start_probs is None or train_config.warm_start_margin == 0:
+                return True
+            metric = _METRIC_OF_MONITOR[monitor_key]
+            uses_probs = metric == "log_loss"
+            a = probs if uses_probs else probs.argmax(axis=1)
+            b = self.warm_start_probs if uses_probs else self.warm_start_probs.argmax(axis=1)
+            diff = evaluation.paired_block_bootstrap(
+                metric, val.y, a, b, len(class_names), block_length=min(block_length, len(val.y)),
+                n_boot=WARM_START_BOOTSTRAP, seed=train_config.seed, resample_seeds=False)
+            gain = sign * diff.estimate
+            se = diff.se if math.isfinite(diff.se) else 0.0
+            return gain > train_config.warm_start_margin * se
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t0 = time.perf_counter()
@@ -245,7 +271,7 @@ def _make_callback(val: SplitData, class_names, train_config: TrainConfig, epoch
                     f"training diverged at epoch {epoch}: train/loss = {metrics['train/loss']} "
                     "(lower TrainConfig.learning_rate or set clipnorm)"
                 )
-            if score > self.best_score:
+            if score > self.best_score and self._beats_warm_start_by_margin(probs):
                 self.best_score, self.best_epoch, self.wait = score, epoch, 0
                 self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
             else:
@@ -436,7 +462,9 @@ def fit(
         splits.train.X, splits.train.y, k, train_config.batch_size,
         shuffle_seed=train_config.seed, sample_weight=weights,
     )
-    callback = _make_callback(splits.val, splits.class_names, train_config, epoch_callback, predict_batch_size)
+    horizon_windows = max(1, math.ceil(splits.config.horizon / splits.config.stride))
+    callback = _make_callback(splits.val, splits.class_names, train_config, epoch_callback, predict_batch_size,
+                              block_length=horizon_windows)
     if warm_started and train_config.warm_start_candidate:
         callback.start_at_warm_start(model)
     model.fit(train_ds, epochs=train_config.max_epochs, callbacks=[callback], verbose=verbose, shuffle=False)

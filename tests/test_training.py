@@ -307,3 +307,17 @@ def test_warm_start_candidate_restores_an_epoch_only_when_it_beats_the_start(ran
     assert plain.best_epoch >= 0
     with pytest.raises(ValueError, match="warm_start_candidate"):
         TrainConfig(warm_start_candidate="yes")
+
+
+def test_warm_start_margin_in_standard_errors(random_splits):
+    config = TINY_MODEL.replace(linear_shortcut=True)
+    base = TINY_TRAIN.replace(warm_start_candidate=True, max_epochs=3, learning_rate=1e-2)
+    strict = training.fit(random_splits, config, base)
+    assert strict.best_epoch >= 0  # at lr 1e-2 an epoch beats the warm start on these data
+    # a margin no epoch can clear (in SEs of the paired validation difference): the warm start stays
+    kept = training.fit(random_splits, config, base.replace(warm_start_margin=1e6))
+    assert kept.best_epoch == -1 and kept.history["val/balanced_accuracy"] == strict.history["val/balanced_accuracy"]
+    assert training.fit(random_splits, config, base.replace(warm_start_margin=0.0)).best_epoch == strict.best_epoch
+    for bad in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="warm_start_margin"):
+            TrainConfig(warm_start_margin=bad)

@@ -35,6 +35,13 @@ class TrainConfig(_ConfigBase):
             first step and let it compete with every epoch for the restored weights: training moves
             the model away from its linear start only when an epoch beats it strictly on ``monitor``
             (restored as ``best_epoch = -1``). No effect without a shortcut. Default off.
+        warm_start_margin: with ``warm_start_candidate``, how many standard errors an epoch must beat
+            the warm start by before it replaces it (>= 0; 0 = any strict improvement, 1 = the
+            one-standard-error rule of Breiman et al. 1984, sec. 3.4.3, and Hastie, Tibshirani &
+            Friedman 2009, sec. 7.10: keep the simpler model unless the complex one is better by more
+            than one SE). The SE is that of the paired difference epoch minus warm start on the
+            validation windows (circular block bootstrap, 200 replicates, blocks of one label horizon
+            in windows). Default 0.
     """
 
     section: ClassVar[str] = "train"
@@ -50,11 +57,16 @@ class TrainConfig(_ConfigBase):
     clipnorm: float | None = 1.0
     seed: int = 0
     warm_start_candidate: bool = False
+    warm_start_margin: float = 0.0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
         if not isinstance(self.warm_start_candidate, bool):
             raise _err(name, "warm_start_candidate", f"must be true or false, got {self.warm_start_candidate!r}")
+        if not (isinstance(self.warm_start_margin, (int, float)) and not isinstance(self.warm_start_margin, bool)
+                and math.isfinite(self.warm_start_margin) and self.warm_start_margin >= 0):
+            raise _err(name, "warm_start_margin", f"must be a finite number >= 0 (standard errors), got "
+                                                  f"{self.warm_start_margin!r}")
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise _err(name, "learning_rate", f"must be a positive number, got {self.learning_rate!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
