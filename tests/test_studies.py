@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from pg_cluster import fresh_database
-from regimetry import studies, tracking
+from regimetry import processes, studies, tracking
+from regimetry.studies import backend, context
+from regimetry.studies import summary as study_summary
 from regimetry.studies import Ablation, Arm, Budget, Categorical, Float, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +91,10 @@ _CLAIMER = """
 import sys
 import optuna
 from regimetry import studies
+from regimetry.studies import backend
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="claims", storage=studies.resolve_storage(sys.argv[1]))
-sys.stdout.write(" ".join(str(t.number) for t in iter(lambda: studies._claim_waiting_trial(study), None)))
+sys.stdout.write(" ".join(str(t.number) for t in iter(lambda: backend.claim_waiting_trial(study), None)))
 """
 
 
@@ -121,7 +124,7 @@ def test_a_study_whose_creator_died_mid_creation_is_finished_by_the_next_process
     gone.wait()
     configs = studies.draw_configurations(TINY_SPACE, 3, seed=0)
     for name, creator in (("x/dead", {"host": socket.gethostname(), "pid": gone.pid, "start": "1"}),
-                          ("x/alive", studies.processes.owner()), ("x/unknown", None)):
+                          ("x/alive", processes.owner()), ("x/unknown", None)):
         study = optuna.create_study(storage=storage, study_name=name)
         if creator is not None:
             study.set_user_attr(studies.CREATOR_ATTR, creator)
@@ -147,7 +150,7 @@ def test_every_arm_gets_the_same_configurations_whatever_the_claim_order(tmp_pat
     for arm, reverse in (("a", False), ("b", True)):
         study = studies.ensure_study(storage, f"x/{arm}", Budget(trials_per_arm=6), seed=3, space=TINY_SPACE)
         claimed = []
-        while (trial := studies._claim_waiting_trial(study)) is not None:
+        while (trial := backend.claim_waiting_trial(study)) is not None:
             claimed.append((trial.number, TINY_SPACE.sample(trial)))
             study.tell(trial, 0.5)
         if reverse:
@@ -164,7 +167,7 @@ def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, mo
     ablation = _tiny(arms=(Arm("ok", {"model.pooling": "mean"}),
                            Arm("broken", {"model.pooling": "mean", "model.d_model": -1})))
     # An always-pruning pruner (Optuna's ThresholdPruner: any value below 2 prunes) for the "ok" arm.
-    monkeypatch.setattr(studies, "_pruner", lambda budget: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(backend, "_pruner", lambda budget: optuna.pruners.ThresholdPruner(lower=2.0))
     code = studies.main(ablation, _args(tmp_path, "--stage", "tune", "--trials", "2"))
     assert code == 0
     ok, broken = _study(tmp_path, "tiny_ablation/ok"), _study(tmp_path, "tiny_ablation/broken")
@@ -358,15 +361,15 @@ def test_summary_flags_a_one_class_block_beside_the_verdicts():
     summary = studies.summarize(_tiny(), confs, num_classes=3, horizon=21, baselines=None, n_boot=50)
     assert [w["fold"] for w in summary["block_warnings"]] == [0]
     assert "one class only" in summary["block_warnings"][0]["message"] and "25%" in summary["block_warnings"][0]["message"]
-    markdown = studies._markdown(summary, _tiny(), TINY_BUDGET)
+    markdown = study_summary.markdown(summary, _tiny(), TINY_BUDGET)
     assert "## Evaluation blocks that weaken these verdicts" in markdown
     assert markdown.index("## Verdicts") < markdown.index("block 0: one class only")
 
 
 def test_progress_lines_give_elapsed_time_and_an_estimate_of_the_time_left():
-    assert studies._timing(30.0, 1, 4) == "elapsed 30s, ~1m30s left"
-    assert studies._timing(125.0, 4, 4) == "elapsed 2m05s"
-    assert studies._timing(float("nan"), 0, 4) == "elapsed -"
+    assert study_summary.timing(30.0, 1, 4) == "elapsed 30s, ~1m30s left"
+    assert study_summary.timing(125.0, 4, 4) == "elapsed 2m05s"
+    assert study_summary.timing(float("nan"), 0, 4) == "elapsed -"
 
 
 _KILLABLE = '''
@@ -583,7 +586,7 @@ def test_a_short_budget_never_prints_verdicts(tmp_path, capsys):
     study = _study(tmp_path, "tiny_ablation/mean")
     study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True})
     study.set_user_attr("budget", 3)  # one more slot, claimed by a process that is alive (this one)
-    trial = studies._claim_waiting_trial(study)
+    trial = backend.claim_waiting_trial(study)
     assert trial is not None
     assert studies.main(_tiny(), [*args, "--stage", "confirm", "--trials", "3"]) == 1
     err = capsys.readouterr().err
@@ -595,7 +598,7 @@ def test_console_drops_tensorflow_retracing_warnings_only(caplog):
     """Issue 16: four 700-character retracing warnings per run; real TensorFlow warnings still show."""
     import logging
 
-    studies._configure_logging()
+    context.configure_logging()
     with caplog.at_level(logging.WARNING):
         logging.getLogger("tensorflow").warning("5 out of the last 31 calls to <f> triggered tf.function retracing.")
         logging.getLogger("tensorflow").warning("a real problem")
