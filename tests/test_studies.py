@@ -164,8 +164,10 @@ def test_every_arm_gets_the_same_configurations_whatever_the_claim_order(tmp_pat
 
 
 def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, monkeypatch):
+    # "broken" resolves on its own (so it passes the up-front arm check) but fails with every sampled
+    # d_model (8 or 16 // 32 heads = 0): a failure that only a trial can find, recorded as FAIL.
     ablation = _tiny(arms=(Arm("ok", {"model.pooling": "mean"}),
-                           Arm("broken", {"model.pooling": "mean", "model.d_model": -1})))
+                           Arm("broken", {"model.pooling": "mean", "model.num_heads": 32})))
     # An always-pruning pruner (Optuna's ThresholdPruner: any value below 2 prunes) for the "ok" arm.
     monkeypatch.setattr(backend, "_pruner", lambda budget: optuna.pruners.ThresholdPruner(lower=2.0))
     code = studies.main(ablation, _args(tmp_path, "--stage", "tune", "--trials", "2"))
@@ -178,6 +180,34 @@ def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, mo
     by_state = trials.groupby("tags.optuna_state")["status"].agg(set).to_dict()
     assert by_state == {"PRUNED": {"KILLED"}, "FAIL": {"FAILED"}}
     assert "RUNNING" not in set(runs["status"])
+
+
+def test_a_typo_in_an_arm_fails_at_once_and_spends_no_budget(tmp_path, capsys):
+    """Issue 13: every arm is resolved before any budget is spent; a typo'd value is one line naming the
+    arm and the allowed values, exit 2, and no study or MLflow run is written."""
+    ablation = _tiny(arms=(Arm("mean", {"model.pooling": "mean"}), Arm("typo", {"model.positional_encoding": "tAPE"})))
+    assert studies.main(ablation, _args(tmp_path, "--stage", "tune")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "arm 'typo'" in err and "positional_encoding" in err and "'tAPE'" in err and "'sinusoidal'" in err, err
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_changed_arm_definition_refuses_to_resume_its_study(tmp_path, capsys):
+    """Issue 13: the study identity covers the arm, the fixed settings and the nuisance space; a re-run
+    after the arm changed refuses (exit 2, before any MLflow run) and says how to start a new study."""
+    args = _args(tmp_path, "--stage", "tune", "--arms", "mean", "--trials", "1")
+    assert studies.main(_tiny(), args) == 0
+    parents = _runs(tmp_path, "tiny_ablation").query("`tags.stage` == 'study'")
+    capsys.readouterr()
+    edited = _tiny(arms=(Arm("mean", {"model.pooling": "mean", "model.dropout": 0.2}),
+                         Arm("last", {"model.pooling": "last"})))
+    assert studies.main(edited, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "'tiny_ablation/mean'" in err and "arm.overrides" in err and "--storage" in err and "delete-study" in err
+    assert len(_runs(tmp_path, "tiny_ablation").query("`tags.stage` == 'study'")) == len(parents)
+    assert studies.main(_tiny(), args) == 0  # the unchanged definition still resumes
 
 
 def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeypatch):

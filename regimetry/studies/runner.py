@@ -21,7 +21,7 @@ from regimetry.config import DataConfig, redact_url
 from regimetry.studies import backend
 from regimetry.studies.confirm import confirm_and_summarize
 from regimetry.studies.context import WorkerContext, evaluation_blocks
-from regimetry.studies.spec import Ablation, Arm, Budget, ReportFailed, RunOptions, data_config, study_name
+from regimetry.studies.spec import Ablation, Arm, Budget, ReportFailed, RunOptions, data_config, study_name, validate_arms
 from regimetry.studies.tuning import check_budget_complete, run_worker, worker_process
 
 __all__ = ["run_ablation"]
@@ -59,9 +59,11 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
 
 
 def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataConfig, list[Arm], str, str]:
-    """Check the data, the MLflow store and the Optuna storage before any MLflow run, study, trial or
-    worker process exists: a bad input fails with one clear message and costs no budget."""
+    """Check the arms, the data, the MLflow store, the Optuna storage and the stored studies' identity,
+    in that order, before any MLflow run, study, trial or worker process exists: a bad input fails
+    with one clear message and costs no budget."""
     budget = options.budget(ablation)
+    validate_arms(ablation, budget, options.seed)
     config = data_config(ablation, options, budget)
     tracking_uri = tracking.configure(options.tracking_uri)  # validates the store before anything is written
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -74,8 +76,8 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
           f"({len(blocks[0].train)} train / {len(blocks[0].val)} validation windows of "
           f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
     # Open (and so validate) the storage too, creating its schema once before any worker starts:
-    # a bad --storage fails here, before any MLflow run exists.
-    backend.resolve_storage(storage_url)
+    # a bad --storage fails here, before any MLflow run exists; so does a stored study of another definition.
+    backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config)
     ended = tracking.end_orphaned_runs(ablation.name, tracking_uri=tracking_uri)
     if ended:
         print(f"== {ablation.name}: ended {len(ended)} MLflow run(s) KILLED whose process is gone", flush=True)
