@@ -122,6 +122,11 @@ def split_metric(split: str, metric: str) -> str:
 BUDGET_PARAM = "budget."
 ARM_PARAM = "arm."
 BEST_PARAM = "best."
+#: Parent run: the run's options (``options.jobs``, ``options.smoke``).
+OPTIONS_PARAM = "options."
+#: Trial run: its Optuna trial number and its sampled nuisance values (``nuisance.model.d_model``).
+OPTUNA_TRIAL_PARAM = "optuna.trial"
+NUISANCE_PARAM = "nuisance."
 
 
 def best_param(section: str, field: str) -> str:

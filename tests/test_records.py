@@ -76,6 +76,8 @@ def test_every_key_the_harness_writes_reads_back(tmp_path):
         assert overview[item] != "not recorded", item
     assert json.loads(runs.tag(records.OPTUNA_STUDIES)) == [f"{EXPERIMENT}/{a}" for a in ARMS]
     assert list(proto["arms"]["arm"]) == list(ARMS) and proto["nuisance"] is not None
+    assert records.read_params(runs.parent, records.OPTIONS_PARAM) == {"jobs": "1", "smoke": "False"}
+    assert records.read_params(runs.parent, records.BUDGET_PARAM)["trials_per_arm"] == "2"
     assert reports.verdict_lines(runs) == result["verdicts"]
     assert records.split_joined(runs.tag(records.VERDICTS)) == result["verdicts"]
     assert runs.tag(records.BLOCK_WARNINGS) is not None

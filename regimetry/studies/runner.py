@@ -98,7 +98,8 @@ def _open_session(ablation: Ablation, options: RunOptions, budget: Budget, confi
                   parent_run_id: str) -> WorkerContext:
     """Log the protocol on the parent run and open one child run per arm; the context workers share."""
     tracking.log_params({**{f"{records.BUDGET_PARAM}{k}": v for k, v in dataclasses.asdict(budget).items()},
-                         **config.flat(), "options.jobs": options.jobs, "options.smoke": options.smoke})
+                         **config.flat(), f"{records.OPTIONS_PARAM}jobs": options.jobs,
+                         f"{records.OPTIONS_PARAM}smoke": options.smoke})
     tracking.log_dict({"arms": [dataclasses.asdict(a) | {"overrides": dict(a.overrides)} for a in arm_list],
                        "nuisance": ablation.nuisance.describe(), "fixed": dict(ablation.fixed)},
                       records.ABLATION_SPEC)

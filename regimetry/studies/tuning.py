@@ -110,7 +110,8 @@ def _fit_trial(ctx: WorkerContext, study, trial, arm: Arm, splits, active) -> st
     trial.set_user_attr(records.MODEL_CONFIG_ATTR, json.dumps(model_cfg.to_dict()))
     trial.set_user_attr(records.TRAIN_CONFIG_ATTR, json.dumps(train_cfg.to_dict()))
     trial.set_user_attr(records.MLFLOW_RUN_ATTR, active.run_id)
-    tracking.log_params({"optuna.trial": trial.number, **{f"nuisance.{k}": v for k, v in params.items()}})
+    tracking.log_params({records.OPTUNA_TRIAL_PARAM: trial.number,
+                         **{f"{records.NUISANCE_PARAM}{k}": v for k, v in params.items()}})
 
     def on_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
         value = metrics.get(monitor_key(train_cfg))
