@@ -10,12 +10,13 @@ the password is never written into the executed notebook.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 from urllib.parse import unquote
 
 import numpy as np
@@ -148,17 +149,7 @@ def render_notebook(
     source = Path(notebook)
     if not source.is_file():
         raise FileNotFoundError(f"report notebook not found: {source}")
-    params = {}
-    for key, value in (parameters or {}).items():
-        try:
-            params[str(key)] = _plain(value)
-        except TypeError as exc:
-            raise TypeError(f"{source.name}: parameter {key!r}: {exc}") from None
-    declared = papermill.inspect_notebook(str(source))
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        raise ValueError(f"{source.name}: unknown parameter(s) {unknown}; the notebook's parameters cell "
-                         f"declares {sorted(declared)}")
+    params = _checked_parameters(source, parameters or {}, papermill.inspect_notebook(str(source)))
     out_dir = Path(output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or source.stem
@@ -180,6 +171,21 @@ def render_notebook(
         ) from None
     _to_html(out_nb, out_html)
     return ReportPaths(out_nb, out_html)
+
+
+def _checked_parameters(source: Path, parameters: Mapping[str, Any], declared: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` as papermill renders them faithfully (:func:`_plain`), each declared by the notebook."""
+    params = {}
+    for key, value in parameters.items():
+        try:
+            params[str(key)] = _plain(value)
+        except TypeError as exc:
+            raise TypeError(f"{source.name}: parameter {key!r}: {exc}") from None
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(f"{source.name}: unknown parameter(s) {unknown}; the notebook's parameters cell "
+                         f"declares {sorted(declared)}")
+    return params
 
 
 def _strip_ansi(text: str) -> str:
@@ -259,29 +265,38 @@ def render_ablation_report(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     runs = load_ablation_runs(experiment, uri, parent_run_id)  # fails fast with a clear message
     parent_id = runs.parent_run_id
-    values = {"tracking_uri": uri, "storage": _absolute_url(storage)}
-    saved = {name: os.environ.get(name) for name in _SECRET_ENV.values()}
-    for key, value in values.items():
-        if has_password(value):  # never write a password into the notebook (or its MLflow artifact)
-            os.environ[_SECRET_ENV[key]] = value
-            values[key] = "$" + _SECRET_ENV[key]
-    try:
+    with _passwords_through_env({"tracking_uri": uri, "storage": _absolute_url(storage)}) as values:
         paths = render_notebook(
             NOTEBOOK_DIR / ABLATION_NOTEBOOK, Path(output_dir) / experiment,
             {"experiment": experiment, **values, "parent_run_id": parent_id, "metric": metric},
             timeout=timeout,
         )
+    if log_to_parent:
+        tracking.configure(uri)
+        for path in (paths.notebook, paths.html):
+            tracking.log_artifact(path, records.REPORT_DIR, run_id=parent_id)
+    return paths
+
+
+@contextlib.contextmanager
+def _passwords_through_env(values: dict[str, str | None]) -> Iterator[dict[str, str | None]]:
+    """The report's URL parameters with every URL holding a password replaced by ``"$<variable>"`` and
+    put into that environment variable for the kernel (never written into the notebook or its MLflow
+    artifact); the variables are restored afterwards."""
+    saved = {name: os.environ.get(name) for name in _SECRET_ENV.values()}
+    values = dict(values)
+    for key, value in values.items():
+        if has_password(value):
+            os.environ[_SECRET_ENV[key]] = value
+            values[key] = "$" + _SECRET_ENV[key]
+    try:
+        yield values
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    if log_to_parent:
-        tracking.configure(uri)
-        for path in (paths.notebook, paths.html):
-            tracking.log_artifact(path, records.REPORT_DIR, run_id=parent_id)
-    return paths
 
 
 def render_data_report(
