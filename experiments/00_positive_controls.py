@@ -46,11 +46,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from regimetry import tracking
+from regimetry import processes, records, reports, tracking
 from regimetry.config import CONTROL_TASKS
 from regimetry.data.controls import get_control
-from regimetry.studies import (DEFAULT_JOBS, BudgetIncomplete, NoCompleteTrial, RunOptions, ReportFailed, _configure_logging, control_ablation,
-                               control_checks, interrupt_on_sigterm, run_ablation)
+from regimetry.studies import (DEFAULT_JOBS, BudgetIncomplete, NoCompleteTrial, ReportFailed, RunOptions, control_ablation,
+                               control_checks, run_ablation)
+from regimetry.studies.context import configure_logging
 
 HERE = Path(__file__).resolve().parent
 
@@ -95,63 +96,11 @@ def _markdown(checks: pd.DataFrame, header: list[str]) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging()
-    interrupt_on_sigterm()
+    configure_logging()
+    processes.interrupt_on_sigterm()
     logging.getLogger("regimetry.controls").setLevel(logging.INFO)
     try:
-        tasks = [t.strip() for t in args.controls.split(",") if t.strip()]
-        for task in tasks:
-            get_control(task)
-        for name, value in (("--jobs", args.jobs), ("--paths", args.paths)):
-            if value < 1:
-                raise ValueError(f"{name}: must be >= 1, got {value}")
-        all_checks, header, parents = [], ["# 00_positive_controls", ""], []
-        for task in tasks:
-            control = get_control(task)
-            ablation, copy_arm = control_ablation(load_ablation(control.ablation), task, smoke=args.smoke)
-            options = RunOptions(dataset=f"control:{task}", trials=args.trials, max_epochs=args.max_epochs,
-                                 seeds=args.seeds, storage=args.storage, tracking_uri=args.tracking_uri,
-                                 seed=args.seed, smoke=args.smoke, report=args.report, jobs=args.jobs,
-                                 paths=args.paths)
-            started = time.monotonic()
-            summary = run_ablation(ablation, options)
-            wall = time.monotonic() - started
-            checks = control_checks(summary, task, copy_arm)
-            checks.insert(0, "control", task)
-            all_checks.append(checks)
-            passed = int(checks["passed"].sum())
-            line = (f"- `{task}` ({control.ablation}): {passed}/{len(checks)} checks passed, chance "
-                    f"{control.chance:.3f}, Bayes ceiling ~{control.ceiling_estimate:.3f}, wall {wall / 60:.1f} min; "
-                    f"{control.question}")
-            header.append(line)
-            print(line, flush=True)
-            print(checks.drop(columns=["control"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"),
-                  flush=True)
-            parents.append(summary["parent_run_id"])
-            tracking.log_text(checks.to_csv(index=False), "controls/checks.csv", run_id=summary["parent_run_id"])
-            tracking.set_tags({"control_checks_passed": f"{passed}/{len(checks)}"}, run_id=summary["parent_run_id"])
-        table = pd.concat(all_checks, ignore_index=True)
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "checks.csv", index=False)
-        aa = table[table["check"] == "aa_null"]
-        header.append(f"- A/A null controls: {int((~aa['passed'].astype(bool)).sum())} false call(s) in {len(aa)} "
-                      "comparison(s) of an arm with its own copy")
-        (out / "checks.md").write_text(_markdown(table, header))
-        if args.report:  # the one table as a papermill report, logged beside each control's own report
-            from regimetry import reports
-
-            try:
-                paths = reports.render_controls_report(out / "checks.csv", out)
-            except reports.ReportError as exc:
-                raise ReportFailed(f"controls report: {exc} (checks.md and checks.csv are written)") from None
-            for parent_run_id in parents:
-                for path in (paths.notebook, paths.html):
-                    tracking.log_artifact(path, "controls", run_id=parent_run_id)
-            print(f"controls report: {paths.html}", flush=True)
-        aa = table[table["check"] == "aa_null"]
-        print(f"checks: {out / 'checks.md'} ({int(table['passed'].sum())}/{len(table)} passed; A/A false calls: "
-              f"{int((~aa['passed'].astype(bool)).sum())} of {len(aa)})", flush=True)
+        run_controls(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -162,6 +111,67 @@ def main(argv=None) -> int:
         print("interrupted: finished trials are stored; re-run the same command to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def run_controls(args: argparse.Namespace) -> pd.DataFrame:
+    """Run every control of ``args.controls``, then write and report the checks table."""
+    tasks = [t.strip() for t in args.controls.split(",") if t.strip()]
+    for task in tasks:
+        get_control(task)
+    for name, value in (("--jobs", args.jobs), ("--paths", args.paths)):
+        if value < 1:
+            raise ValueError(f"{name}: must be >= 1, got {value}")
+    all_checks, header, parents = [], ["# 00_positive_controls", ""], []
+    for task in tasks:
+        checks, line, parent_run_id = _run_control(task, args)
+        all_checks.append(checks)
+        header.append(line)
+        parents.append(parent_run_id)
+    table = pd.concat(all_checks, ignore_index=True)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "checks.csv", index=False)
+    aa = table[table["check"] == "aa_null"]
+    header.append(f"- A/A null controls: {int((~aa['passed'].astype(bool)).sum())} false call(s) in {len(aa)} "
+                  "comparison(s) of an arm with its own copy")
+    (out / "checks.md").write_text(_markdown(table, header))
+    if args.report:  # the one table as a papermill report, logged beside each control's own report
+        try:
+            paths = reports.render_controls_report(out / "checks.csv", out)
+        except reports.ReportError as exc:
+            raise ReportFailed(f"controls report: {exc} (checks.md and checks.csv are written)") from None
+        for parent_run_id in parents:
+            for path in (paths.notebook, paths.html):
+                tracking.log_artifact(path, records.CONTROLS_DIR, run_id=parent_run_id)
+        print(f"controls report: {paths.html}", flush=True)
+    print(f"checks: {out / 'checks.md'} ({int(table['passed'].sum())}/{len(table)} passed; A/A false calls: "
+          f"{int((~aa['passed'].astype(bool)).sum())} of {len(aa)})", flush=True)
+    return table
+
+
+def _run_control(task: str, args: argparse.Namespace) -> tuple[pd.DataFrame, str, str]:
+    """One control: its ablation run, its checks (logged on its parent run) and its line of checks.md."""
+    control = get_control(task)
+    ablation, copy_arm = control_ablation(load_ablation(control.ablation), task, smoke=args.smoke)
+    options = RunOptions(dataset=f"control:{task}", trials=args.trials, max_epochs=args.max_epochs,
+                         seeds=args.seeds, storage=args.storage, tracking_uri=args.tracking_uri,
+                         seed=args.seed, smoke=args.smoke, report=args.report, jobs=args.jobs,
+                         paths=args.paths)
+    started = time.monotonic()
+    summary = run_ablation(ablation, options)
+    wall = time.monotonic() - started
+    checks = control_checks(summary, task, copy_arm)
+    checks.insert(0, "control", task)
+    passed = int(checks["passed"].sum())
+    line = (f"- `{task}` ({control.ablation}): {passed}/{len(checks)} checks passed, chance "
+            f"{control.chance:.3f}, Bayes ceiling ~{control.ceiling_estimate:.3f}, wall {wall / 60:.1f} min; "
+            f"{control.question}")
+    print(line, flush=True)
+    print(checks.drop(columns=["control"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    parent = summary["parent_run_id"]
+    tracking.log_text(checks.to_csv(index=False), records.CONTROL_CHECKS_ARTIFACT, run_id=parent)
+    tracking.set_tags({records.CONTROL_CHECKS_PASSED: f"{passed}/{len(checks)}"}, run_id=parent)
+    return checks, line, parent
 
 
 if __name__ == "__main__":

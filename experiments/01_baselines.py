@@ -50,19 +50,20 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from regimetry import baselines as B  # noqa: E402
-from regimetry.config import SYNTHETIC_FEATURES, DataConfig, add_data_arguments, check_data_arguments  # noqa: E402
+from regimetry import baselines as B
+from regimetry import plots, reports, tracking
+from regimetry.config import SYNTHETIC_FEATURES, DataConfig, add_data_arguments, check_data_arguments
+from regimetry.data import prepare, prepare_folds
+from regimetry.evaluation import block_bootstrap_ci, paired_block_bootstrap, verdict
+from regimetry.training import metrics_from_probs
 
 EXPERIMENT = Path(__file__).stem
 log = logging.getLogger(EXPERIMENT)
@@ -117,8 +118,6 @@ def evaluation_mode(args: argparse.Namespace) -> str:
 def _bootstrap_metrics(y: np.ndarray, result_pred: np.ndarray, result_probs: np.ndarray | None, k: int,
                        block: int, n_boot: int, seed: int, prefix: str) -> dict[str, float]:
     """95 % circular block-bootstrap intervals of the pooled test metrics (regimetry.evaluation)."""
-    from regimetry.evaluation import block_bootstrap_ci
-
     out: dict[str, float] = {}
     if len(y) < 2:
         return out
@@ -144,8 +143,6 @@ def _predictions_csv(index, fold: Sequence[int], y, pred, probs, class_names) ->
 
 def evaluate_baseline(name: str, folds: list, seed: int) -> dict[str, Any]:
     """Run one baseline on every fold (or the single split) and pool its val/test predictions."""
-    from regimetry.training import metrics_from_probs
-
     per_fold: list[B.BaselineResult] = [B.run_baseline(name, sp, seed=seed) for sp in folds]
     class_names = list(folds[0].class_names)
     pooled: dict[str, Any] = {"results": per_fold}
@@ -163,79 +160,49 @@ def evaluate_baseline(name: str, folds: list, seed: int) -> dict[str, Any]:
     return pooled
 
 
+class Session(NamedTuple):
+    """What every baseline of one invocation shares: the data, its folds and the evaluation settings."""
+
+    args: argparse.Namespace
+    config: DataConfig
+    mode: str
+    folds: list
+    block: int
+    n_boot: int
+    tags: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return self.folds[0].num_classes
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Run the experiment; returns ``{baseline: {metric: value}}`` of the pooled test metrics."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     warnings.filterwarnings("ignore", category=UserWarning, module="sklearn")
-
-    from regimetry import plots, tracking
-    from regimetry.data import prepare, prepare_folds
-
-    config = data_config(args)
-    mode = evaluation_mode(args)
     t0 = time.perf_counter()
-    folds = prepare_folds(config) if mode == "walk_forward" else [prepare(config)]
-    log.info("%s: %d fold(s) prepared in %.1fs", config.dataset_name, len(folds), time.perf_counter() - t0)
-    names = args.baselines.split(",") if args.baselines else B.applicable_baselines(folds[0])
-    block = max(1, config.horizon // config.stride)
-    n_boot = 100 if args.smoke else args.n_boot
-    k = folds[0].num_classes
-    git = tracking.git_info()
-    common_tags = {"dataset": config.dataset_name, "evaluation": mode, "seed": args.seed, **git}
+    session = _session(args)
+    names = args.baselines.split(",") if args.baselines else B.applicable_baselines(session.folds[0])
     summary: dict[str, dict[str, float]] = {}
     rows = []
     test_preds: dict[str, np.ndarray] = {}
+    config, mode = session.config, session.mode
     with tracking.run(EXPERIMENT, run_name=f"{config.dataset_name}-{mode}", tracking_uri=args.tracking_uri,
-                      tags={"stage": "baseline_session", **common_tags, **tracking.version_tags()}) as parent:
+                      tags={"stage": "baseline_session", **session.tags, **tracking.version_tags()}) as parent:
         parent.log_params({**config.flat(), "evaluation": mode, "baselines": ",".join(names),
-                           "num_folds_run": len(folds), "bootstrap.block_length": block, "bootstrap.n_boot": n_boot})
+                           "num_folds_run": len(session.folds), "bootstrap.block_length": session.block,
+                           "bootstrap.n_boot": session.n_boot})
         for name in names:
             t1 = time.perf_counter()
-            with tracking.run(EXPERIMENT, run_name=name,
-                              tags={"stage": "baseline", "arm": name, "fingerprint": folds[0].fingerprint,
-                                    **common_tags}) as child:
-                pooled = evaluate_baseline(name, folds, args.seed)
-                results: list[B.BaselineResult] = pooled["results"]
-                params: dict[str, Any] = {**config.flat(), "baseline": name,
-                                          "description": B.BASELINES[name].description}
-                metrics: dict[str, float] = {}
-                for sp, res in zip(folds, results):
-                    prefix = f"fold{sp.fold}/" if mode == "walk_forward" else ""
-                    if mode == "walk_forward":
-                        metrics.update(B.result_metrics(res, prefix=prefix))
-                        params.update({f"fold{sp.fold}.{key}": v for key, v in res.params.items()})
-                        params[f"fold{sp.fold}.period"] = f"{sp.test.index[0].date()}..{sp.test.index[-1].date()}"
-                    else:
-                        params.update(res.params)
-                for split in ("val", "test"):
-                    metrics.update({f"{split}/{key}": float(v) for key, v in pooled[split]["eval"].metrics.items()})
-                metrics["time/fit_seconds"] = float(sum(r.fit_seconds for r in results))
-                test = pooled["test"]
-                test_preds[name] = test["pred"]
-                y_test = test["y"]
-                metrics.update(_bootstrap_metrics(test["y"], test["pred"], test["probs"], k, block, n_boot,
-                                                  args.seed, "test/"))
-                child.log_params(params)
-                child.log_metrics(metrics)
-                tracking.log_figure(
-                    plots.confusion_matrix_figure(test["eval"].confusion, folds[0].class_names,
-                                                  title=f"{name}: test ({mode})"),
-                    "figures/confusion_test.png")
-                tracking.log_text(_predictions_csv(test["index"], test["fold"], test["y"], test["pred"],
-                                                   test["probs"], folds[0].class_names), "predictions/test.csv")
+            metrics, test = run_baseline(session, name)
+            test_preds[name], y_test = test["pred"], test["y"]
             summary[name] = {key: metrics[f"test/{key}"] for key in ("balanced_accuracy", "macro_f1", "log_loss", "accuracy")}
-            ci = (metrics.get("test/balanced_accuracy_ci_low", np.nan), metrics.get("test/balanced_accuracy_ci_high", np.nan))
-            rows.append({"baseline": name, **{f"test/{m}": v for m, v in summary[name].items()},
-                         "test/balanced_accuracy_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]",
-                         "val/balanced_accuracy": metrics["val/balanced_accuracy"],
-                         "seconds": round(time.perf_counter() - t1, 1)})
-            log.info("%-18s test balanced acc %.3f [%.3f, %.3f]  macro-F1 %.3f  log loss %.3f  (%.1fs)", name,
-                     summary[name]["balanced_accuracy"], ci[0], ci[1], summary[name]["macro_f1"],
-                     summary[name]["log_loss"], time.perf_counter() - t1)
+            rows.append(_summary_row(name, summary[name], metrics, t1))
         table = pd.DataFrame(rows)
         tracking.log_text(table.to_csv(index=False, float_format="%.4f"), "summary.csv")
-        differences = _paired_differences(test_preds, y_test, k, block, n_boot, args.seed)
+        differences = _paired_differences(test_preds, y_test, session.num_classes, session.block, session.n_boot,
+                                          args.seed)
         if len(differences):
             tracking.log_text(differences.to_csv(index=False, float_format="%.4f"), "differences.csv")
             tracking.set_tags({"verdicts": " | ".join(differences["verdict"])[:4900]})
@@ -252,13 +219,68 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     return summary
 
 
+def _session(args: argparse.Namespace) -> Session:
+    config = data_config(args)
+    mode = evaluation_mode(args)
+    t0 = time.perf_counter()
+    folds = prepare_folds(config) if mode == "walk_forward" else [prepare(config)]
+    log.info("%s: %d fold(s) prepared in %.1fs", config.dataset_name, len(folds), time.perf_counter() - t0)
+    tags = {"dataset": config.dataset_name, "evaluation": mode, "seed": args.seed, **tracking.git_info()}
+    return Session(args, config, mode, list(folds), block=max(1, config.horizon // config.stride),
+                   n_boot=100 if args.smoke else args.n_boot, tags=tags)
+
+
+def run_baseline(session: Session, name: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """One baseline on every fold as one MLflow run: ``(metrics, pooled test predictions)``."""
+    folds, mode, args = session.folds, session.mode, session.args
+    with tracking.run(EXPERIMENT, run_name=name,
+                      tags={"stage": "baseline", "arm": name, "fingerprint": folds[0].fingerprint,
+                            **session.tags}) as child:
+        pooled = evaluate_baseline(name, folds, args.seed)
+        results: list[B.BaselineResult] = pooled["results"]
+        params: dict[str, Any] = {**session.config.flat(), "baseline": name,
+                                  "description": B.BASELINES[name].description}
+        metrics: dict[str, float] = {}
+        for sp, res in zip(folds, results):
+            prefix = f"fold{sp.fold}/" if mode == "walk_forward" else ""
+            if mode == "walk_forward":
+                metrics.update(B.result_metrics(res, prefix=prefix))
+                params.update({f"fold{sp.fold}.{key}": v for key, v in res.params.items()})
+                params[f"fold{sp.fold}.period"] = f"{sp.test.index[0].date()}..{sp.test.index[-1].date()}"
+            else:
+                params.update(res.params)
+        for split in ("val", "test"):
+            metrics.update({f"{split}/{key}": float(v) for key, v in pooled[split]["eval"].metrics.items()})
+        metrics["time/fit_seconds"] = float(sum(r.fit_seconds for r in results))
+        test = pooled["test"]
+        metrics.update(_bootstrap_metrics(test["y"], test["pred"], test["probs"], session.num_classes, session.block,
+                                          session.n_boot, args.seed, "test/"))
+        child.log_params(params)
+        child.log_metrics(metrics)
+        tracking.log_figure(
+            plots.confusion_matrix_figure(test["eval"].confusion, folds[0].class_names, title=f"{name}: test ({mode})"),
+            "figures/confusion_test.png")
+        tracking.log_text(_predictions_csv(test["index"], test["fold"], test["y"], test["pred"],
+                                           test["probs"], folds[0].class_names), "predictions/test.csv")
+    return metrics, test
+
+
+def _summary_row(name: str, scores: dict[str, float], metrics: dict[str, float], started: float) -> dict[str, Any]:
+    ci = (metrics.get("test/balanced_accuracy_ci_low", np.nan), metrics.get("test/balanced_accuracy_ci_high", np.nan))
+    log.info("%-18s test balanced acc %.3f [%.3f, %.3f]  macro-F1 %.3f  log loss %.3f  (%.1fs)", name,
+             scores["balanced_accuracy"], ci[0], ci[1], scores["macro_f1"], scores["log_loss"],
+             time.perf_counter() - started)
+    return {"baseline": name, **{f"test/{m}": v for m, v in scores.items()},
+            "test/balanced_accuracy_ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+            "val/balanced_accuracy": metrics["val/balanced_accuracy"],
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 def _paired_differences(preds: dict[str, np.ndarray], y: np.ndarray, k: int, block: int, n_boot: int,
                         seed: int) -> pd.DataFrame:
     """Every baseline against the references HAR-RV and persistence on the same test windows: paired
     block-bootstrap difference of balanced accuracy with its 95 % interval, standard error, minimum
     detectable effect (80 % power) and verdict line (``regimetry.evaluation``)."""
-    from regimetry.evaluation import paired_block_bootstrap, verdict
-
     rows = []
     for reference in ("har_rv", "persistence"):
         if reference not in preds:
@@ -276,8 +298,6 @@ def _paired_differences(preds: dict[str, np.ndarray], y: np.ndarray, k: int, blo
 
 
 def _report(args, config, parent_run_id: str) -> str | None:
-    from regimetry import reports
-
     return reports.experiment_data_report_or_error(EXPERIMENT, config, parent_run_id) if args.report else None
 
 

@@ -53,10 +53,9 @@ import argparse
 import io
 import logging
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -64,10 +63,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from regimetry import baselines, reports, tracking  # noqa: E402
 from regimetry import discovery as D  # noqa: E402
 from regimetry.config import DataConfig, ModelConfig, TrainConfig, add_data_arguments, check_data_arguments  # noqa: E402
+from regimetry.data import prepare  # noqa: E402
+from regimetry.training import fit, set_global_seed  # noqa: E402
 
 EXPERIMENT = Path(__file__).stem
 ENCODERS = ("trained", "untrained")
@@ -134,8 +134,7 @@ def load_reference(path: str) -> pd.Series:
 
 def encoder_embeddings(kind: str, splits, model_config: ModelConfig, train_config: TrainConfig):
     """``({split: (n, d_model) float32}, info metrics)`` for a trained or untrained encoder."""
-    from regimetry.models import build_classifier, embed
-    from regimetry.training import fit, set_global_seed
+    from regimetry.models import build_classifier, embed  # Keras/TensorFlow: loaded when an encoder is built
 
     info: dict[str, float] = {}
     if kind == "trained":
@@ -154,42 +153,41 @@ def split_labels(splits, labels: dict[str, np.ndarray]) -> pd.Series:
     return pd.concat([pd.Series(labels[s], index=getattr(splits, s).index) for s in SPLITS])
 
 
+class Discovery(NamedTuple):
+    """What every encoder x method run of one invocation shares."""
+
+    args: argparse.Namespace
+    data_config: DataConfig
+    splits: Any
+    k: int
+    close: pd.Series
+    rv: np.ndarray
+    truth: dict[str, np.ndarray] | None
+    tags: dict[str, Any]
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Run the experiment; returns ``{arm: {metric: value}}``."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from regimetry import baselines, tracking
-    from regimetry.data import prepare
-
     t0 = time.perf_counter()
     data_config, model_config, train_config = configs(args)
-    splits = prepare(data_config)
-    k = args.n_regimes or splits.num_classes
+    d = _discovery(args, data_config)
     methods = args.methods.split(",")
     encoders = args.encoders.split(",")
-    close = splits.bars["close"] if "close" in splits.bars.columns else np.exp(splits.bars["log_return"].fillna(0).cumsum())
-    # Trailing realized vol at each window's last bar: the score that orders reference ids.
-    rv = baselines.realized_vol(splits.bars["log_return"].to_numpy(dtype=np.float64, na_value=np.nan),
-                                data_config.horizon, min_periods=1)
-    truth = None
-    if data_config.source == "synthetic" and "true_regimes" in splits.extras:
-        true_all = np.asarray(splits.extras["true_regimes"], dtype=np.int64)
-        truth = {s: true_all[getattr(splits, s).positions] for s in SPLITS}
     reference = load_reference(args.reference) if args.reference else None
     reference_name = f"file:{Path(args.reference).name}" if args.reference else None
-    boundaries = [splits.val.index[0], splits.test.index[0]]
-    common_tags = {"dataset": data_config.dataset_name, "seed": args.seed, **tracking.git_info()}
     summary: dict[str, dict[str, float]] = {}
 
     with tracking.run(EXPERIMENT, run_name=f"{data_config.dataset_name}-discovery", tracking_uri=args.tracking_uri,
-                      tags={"stage": "discovery_session", **common_tags, **tracking.version_tags()}) as parent:
+                      tags={"stage": "discovery_session", **d.tags, **tracking.version_tags()}) as parent:
         parent.log_params({**data_config.flat(), **model_config.flat(), **train_config.flat(),
-                           "n_regimes": k, "methods": ",".join(methods), "encoders": ",".join(encoders),
+                           "n_regimes": d.k, "methods": ",".join(methods), "encoders": ",".join(encoders),
                            "reference": reference_name or "first_run_ordered_by_trailing_vol"})
         for encoder in encoders:
             t1 = time.perf_counter()
-            emb, info = encoder_embeddings(encoder, splits, model_config, train_config)
+            emb, info = encoder_embeddings(encoder, d.splits, model_config, train_config)
             if info:
                 parent.log_metrics(info)
             log.info("%s encoder: embeddings %s in %.1fs", encoder, emb["train"].shape, time.perf_counter() - t1)
@@ -199,60 +197,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
             for method in methods:
                 arm = f"{encoder}/{method}"
                 t2 = time.perf_counter()
-                with tracking.run(EXPERIMENT, run_name=arm,
-                                  tags={"stage": "discovery", "arm": arm, "encoder": encoder, "method": method,
-                                        **common_tags}) as child:
-                    model = D.fit_clustering(emb["train"], method, k, seed=args.seed)
-                    raw = {"train": model.train_labels, "val": model.predict(emb["val"]), "test": model.predict(emb["test"])}
-                    labels = split_labels(splits, raw)
-                    if reference is None:
-                        # First run: canonical ids by mean trailing vol of its *training* windows.
-                        _, mapping = D.order_by_score(raw["train"], rv[splits.train.positions])
-                        for i in sorted(set(int(v) for v in labels.unique()) - set(mapping)):
-                            mapping[i] = len(mapping)  # an id unseen in train: a fresh id after the others
-                        aligned = labels.map(lambda v: mapping[int(v)]).astype(np.int64)
-                        reference, reference_name = aligned, f"run:{child.run_id}"
-                        how = "ordered_by_trailing_vol"
-                    else:
-                        shared_train = splits.train.index.intersection(reference.index)
-                        basis = labels.loc[shared_train] if len(shared_train) else labels
-                        _, mapping = D.align_labels(basis, reference)
-                        next_id = max([*mapping.values(), k - 1]) + 1
-                        for i in sorted(set(int(v) for v in labels.unique()) - set(mapping)):
-                            mapping[i], next_id = next_id, next_id + 1
-                        aligned = labels.map(lambda v: mapping[int(v)]).astype(np.int64)
-                        how = "hungarian_on_train_timestamps" if len(shared_train) else "hungarian_on_shared_timestamps"
-                    n_ids = int(max(aligned.max() + 1, k))
-                    child.set_tags({"reference": reference_name, "alignment": how})
-                    metrics: dict[str, float] = {}
-                    stats_json: dict[str, Any] = {"mapping": {str(a): b for a, b in mapping.items()}}
-                    for s in SPLITS:
-                        seq = aligned.loc[getattr(splits, s).index].to_numpy()
-                        stats = D.regime_statistics(seq, n_ids)
-                        metrics.update(stats.as_metrics(f"{s}/"))
-                        stats_json[s] = {"transition_matrix": stats.transition_matrix, "counts": stats.counts}
-                        vs_label = D.external_scores(seq, getattr(splits, s).y)
-                        metrics.update({f"{s}/ari_vs_label": vs_label["ari"], f"{s}/nmi_vs_label": vs_label["nmi"]})
-                        if truth is not None:
-                            metrics.update({f"{s}/{m}": v for m, v in D.external_scores(seq, truth[s]).items()})
-                    metrics["time/seconds"] = time.perf_counter() - t2
-                    child.log_params({"method": method, "encoder": encoder, "n_regimes": k,
-                                      "n_neighbors": 10, "d_model": emb["train"].shape[1]})
-                    child.log_metrics(metrics)
-                    tracking.log_dict(stats_json, "statistics.json")
-                    frame = pd.DataFrame({"timestamp": aligned.index, "regime": aligned.to_numpy(),
-                                          "split": np.concatenate([[s] * len(getattr(splits, s)) for s in SPLITS])})
-                    buf = io.StringIO()
-                    frame.to_csv(buf, index=False)
-                    tracking.log_text(buf.getvalue(), "regimes.csv")
-                    tracking.log_figure(D.plot_regime_timeline(close, aligned, n_regimes=n_ids, boundaries=boundaries,
-                                                               title=f"{data_config.dataset_name}: {arm} regimes"),
-                                        "figures/timeline.png")
-                    tracking.log_figure(D.plot_projection(xy, aligned.to_numpy()[rows], n_regimes=n_ids,
-                                                          title=f"t-SNE of {encoder} embeddings: {method} regimes"),
-                                        "figures/tsne.png")
+                metrics, n_ids, reference, reference_name = _discovery_run(d, encoder, method, emb, (xy, rows),
+                                                                            reference, reference_name)
                 summary[arm] = metrics
-                extra = f"  test ARI {metrics['test/ari']:.3f} NMI {metrics['test/nmi']:.3f}" if truth is not None else ""
+                extra = f"  test ARI {metrics['test/ari']:.3f} NMI {metrics['test/nmi']:.3f}" if d.truth is not None else ""
                 stick = [metrics.get(f"test/stickiness/{i}", np.nan) for i in range(n_ids)]
                 log.info("%-20s test stickiness %s  NMI vs label %.3f%s  (%.1fs)", arm, np.round(stick, 3),
                          metrics["test/nmi_vs_label"], extra, time.perf_counter() - t2)
@@ -263,9 +211,96 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     return summary
 
 
-def _report(args, config, parent_run_id: str) -> str | None:
-    from regimetry import reports
+def _discovery(args: argparse.Namespace, data_config: DataConfig) -> Discovery:
+    splits = prepare(data_config)
+    close = splits.bars["close"] if "close" in splits.bars.columns else np.exp(splits.bars["log_return"].fillna(0).cumsum())
+    # Trailing realized vol at each window's last bar: the score that orders reference ids.
+    rv = baselines.realized_vol(splits.bars["log_return"].to_numpy(dtype=np.float64, na_value=np.nan),
+                                data_config.horizon, min_periods=1)
+    truth = None
+    if data_config.source == "synthetic" and "true_regimes" in splits.extras:
+        true_all = np.asarray(splits.extras["true_regimes"], dtype=np.int64)
+        truth = {s: true_all[getattr(splits, s).positions] for s in SPLITS}
+    tags = {"dataset": data_config.dataset_name, "seed": args.seed, **tracking.git_info()}
+    return Discovery(args, data_config, splits, args.n_regimes or splits.num_classes, close, rv, truth, tags)
 
+
+def _discovery_run(d: Discovery, encoder: str, method: str, emb: dict[str, np.ndarray], projection,
+                   reference: pd.Series | None, reference_name: str | None):
+    """One encoder x method as one MLflow run: ``(metrics, regime ids, reference, reference name)`` (the
+    first run becomes the reference of the later ones)."""
+    arm, splits, k, t2 = f"{encoder}/{method}", d.splits, d.k, time.perf_counter()
+    with tracking.run(EXPERIMENT, run_name=arm,
+                      tags={"stage": "discovery", "arm": arm, "encoder": encoder, "method": method,
+                            **d.tags}) as child:
+        model = D.fit_clustering(emb["train"], method, k, seed=d.args.seed)
+        raw = {"train": model.train_labels, "val": model.predict(emb["val"]), "test": model.predict(emb["test"])}
+        labels = split_labels(splits, raw)
+        aligned, mapping, how = _align(labels, raw, reference, splits, d.rv, k)
+        if reference is None:
+            reference, reference_name = aligned, f"run:{child.run_id}"
+        n_ids = int(max(aligned.max() + 1, k))
+        child.set_tags({"reference": reference_name, "alignment": how})
+        metrics, stats_json = _regime_metrics(aligned, splits, n_ids, d.truth)
+        stats_json = {"mapping": {str(a): b for a, b in mapping.items()}, **stats_json}
+        metrics["time/seconds"] = time.perf_counter() - t2
+        child.log_params({"method": method, "encoder": encoder, "n_regimes": k,
+                          "n_neighbors": 10, "d_model": emb["train"].shape[1]})
+        child.log_metrics(metrics)
+        tracking.log_dict(stats_json, "statistics.json")
+        frame = pd.DataFrame({"timestamp": aligned.index, "regime": aligned.to_numpy(),
+                              "split": np.concatenate([[s] * len(getattr(splits, s)) for s in SPLITS])})
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False)
+        tracking.log_text(buf.getvalue(), "regimes.csv")
+        xy, rows = projection
+        tracking.log_figure(D.plot_regime_timeline(d.close, aligned, n_regimes=n_ids,
+                                                   boundaries=[splits.val.index[0], splits.test.index[0]],
+                                                   title=f"{d.data_config.dataset_name}: {arm} regimes"),
+                            "figures/timeline.png")
+        tracking.log_figure(D.plot_projection(xy, aligned.to_numpy()[rows], n_regimes=n_ids,
+                                              title=f"t-SNE of {encoder} embeddings: {method} regimes"),
+                            "figures/tsne.png")
+    return metrics, n_ids, reference, reference_name
+
+
+def _align(labels: pd.Series, raw: dict[str, np.ndarray], reference: pd.Series | None, splits, rv: np.ndarray,
+           k: int) -> tuple[pd.Series, dict[int, int], str]:
+    """Regime ids aligned to the reference (Hungarian on shared training timestamps) or, for the first
+    run, ordered by the mean trailing vol of its training windows: ``(aligned ids, mapping, how)``."""
+    if reference is None:
+        # First run: canonical ids by mean trailing vol of its *training* windows.
+        _, mapping = D.order_by_score(raw["train"], rv[splits.train.positions])
+        for i in sorted(set(int(v) for v in labels.unique()) - set(mapping)):
+            mapping[i] = len(mapping)  # an id unseen in train: a fresh id after the others
+        return labels.map(lambda v: mapping[int(v)]).astype(np.int64), mapping, "ordered_by_trailing_vol"
+    shared_train = splits.train.index.intersection(reference.index)
+    basis = labels.loc[shared_train] if len(shared_train) else labels
+    _, mapping = D.align_labels(basis, reference)
+    next_id = max([*mapping.values(), k - 1]) + 1
+    for i in sorted(set(int(v) for v in labels.unique()) - set(mapping)):
+        mapping[i], next_id = next_id, next_id + 1
+    how = "hungarian_on_train_timestamps" if len(shared_train) else "hungarian_on_shared_timestamps"
+    return labels.map(lambda v: mapping[int(v)]).astype(np.int64), mapping, how
+
+
+def _regime_metrics(aligned: pd.Series, splits, n_ids: int, truth) -> tuple[dict[str, float], dict[str, Any]]:
+    """Regime statistics and agreement scores per split, and the transition matrices for statistics.json."""
+    metrics: dict[str, float] = {}
+    stats_json: dict[str, Any] = {}
+    for s in SPLITS:
+        seq = aligned.loc[getattr(splits, s).index].to_numpy()
+        stats = D.regime_statistics(seq, n_ids)
+        metrics.update(stats.as_metrics(f"{s}/"))
+        stats_json[s] = {"transition_matrix": stats.transition_matrix, "counts": stats.counts}
+        vs_label = D.external_scores(seq, getattr(splits, s).y)
+        metrics.update({f"{s}/ari_vs_label": vs_label["ari"], f"{s}/nmi_vs_label": vs_label["nmi"]})
+        if truth is not None:
+            metrics.update({f"{s}/{m}": v for m, v in D.external_scores(seq, truth[s]).items()})
+    return metrics, stats_json
+
+
+def _report(args, config, parent_run_id: str) -> str | None:
     return reports.experiment_data_report_or_error(EXPERIMENT, config, parent_run_id) if args.report else None
 
 

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Sequence
 
+from regimetry import processes
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SECTIONS = ("data", "model", "train")
@@ -177,12 +179,7 @@ def _progress(epoch: int, metrics: dict[str, float]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m regimetry`` and the ``regimetry`` console script."""
     args = _parser().parse_args(argv)
-    import signal
-
-    def _terminated(signum, _frame):  # SIGTERM ends the run KILLED, as Ctrl-C does
-        raise KeyboardInterrupt(f"terminated by signal {signum}")
-
-    signal.signal(signal.SIGTERM, _terminated)
+    processes.interrupt_on_sigterm()  # SIGTERM ends the run KILLED, as Ctrl-C does
     try:
         if args.command == "train":
             return cmd_train(args)

@@ -1,4 +1,5 @@
-"""Who owns a claimed trial or an open MLflow run, and whether that process still lives.
+"""Who owns a claimed trial or an open MLflow run, whether that process still lives, and how a
+process turns SIGTERM into an orderly interrupt.
 
 A worker records its owner (host name, process id and the process's start time) on every trial it
 claims and every MLflow run it opens. A later process on the same host can then tell, without
@@ -10,12 +11,16 @@ cannot be checked this way; for them the storage's heartbeat (RDB storages) deci
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import multiprocessing as mp
 import os
+import signal
 import socket
-from typing import Any, Mapping
+import threading
+from typing import Any, Iterator, Mapping
 
-__all__ = ["owner", "owner_is_dead"]
+__all__ = ["owner", "owner_is_dead", "interrupt_on_sigterm", "signals_deferred"]
 
 
 def _start_time(pid: int) -> str | None:
@@ -63,3 +68,40 @@ def owner_is_dead(record: Mapping[str, Any] | None) -> bool:
         pass
     recorded, now = record.get("start"), _start_time(pid)
     return recorded is not None and now is not None and str(recorded) != str(now)  # pid reused
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``docker stop``, Slurm, systemd) end a run as Ctrl-C does.
+
+    Python's default for SIGTERM is to die at once, leaving the parent and arm MLflow runs RUNNING.
+    With this handler the signal raises ``KeyboardInterrupt``: the running trial gives its budget slot
+    back, MLflow runs end ``KILLED``, and a re-run resumes. The main process forwards the signal to
+    its worker processes (which install the same handler), since ``kill PID`` reaches one process only.
+    No-op outside the main thread (``signal`` allows handlers there only).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        for child in mp.active_children():
+            try:
+                os.kill(child.pid, signal.SIGTERM)
+            except OSError:
+                pass  # already gone
+        raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (delivered when the block ends) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import optuna
 import numpy as np
 import pandas as pd
 import pytest
@@ -52,7 +53,7 @@ def fake_store(tmp_path_factory):
             trial.suggest_float("train.learning_rate", 1e-4, 3e-3, log=True)
             trial.suggest_categorical("model.d_model", [16, 32])
             if values is None:
-                study.tell(trial, state=studies.TrialState.FAIL)
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(trial, values[i])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -14,7 +13,9 @@ import pandas as pd
 import pytest
 
 from pg_cluster import fresh_database
-from regimetry import studies, tracking
+from regimetry import processes, studies, tracking
+from regimetry.studies import backend, context
+from regimetry.studies import summary as study_summary
 from regimetry.studies import Ablation, Arm, Budget, Categorical, Float, SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,25 +58,6 @@ def _runs(tmp_path, experiment):
     return tracking.search_runs(experiment, tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
 
 
-def test_search_space_conditions_and_edges():
-    trial = optuna.trial.FixedTrial({"train.learning_rate": 1e-3, "model.d_model": 8, "head": "linear"})
-    assert TINY_SPACE.sample(trial) == {"train.learning_rate": 1e-3, "model.d_model": 8, "head": "linear"}
-    space = SearchSpace((Float("lr", low=1e-4, high=1e-2, log=True), Categorical("w", choices=(8, 16, 32))))
-    warnings = space.edge_warnings({"lr": 1.02e-4, "w": 16})
-    assert len(warnings) == 1 and "lr" in warnings[0] and "lower edge" in warnings[0]
-    assert space.edge_warnings({"lr": 1e-3, "w": 32}) == ["w=32 is at the upper edge of the search space"]
-
-
-def test_resolve_applies_arm_last_and_builds_head():
-    ablation = _tiny()
-    model, train = ablation.resolve(ablation.arms[1], {"model.pooling": "max", "head": "mlp", "head_units": 8},
-                                    TINY_BUDGET, seed=7)
-    assert model.pooling == "last" and model.head_units == (8,) and model.num_layers == 1
-    assert (train.max_epochs, train.seed) == (2, 7)
-    with pytest.raises(ValueError, match="d_model"):
-        ablation.resolve(ablation.arms[0], {"model.d_model": -3}, TINY_BUDGET, seed=0)
-
-
 def test_ensure_study_enqueues_exact_budget_once(tmp_path):
     storage = studies.resolve_storage(f"sqlite:///{tmp_path}/s.db")
     first = studies.ensure_study(storage, "x/a", TINY_BUDGET, seed=0)
@@ -89,9 +71,10 @@ _CLAIMER = """
 import sys
 import optuna
 from regimetry import studies
+from regimetry.studies import backend
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="claims", storage=studies.resolve_storage(sys.argv[1]))
-sys.stdout.write(" ".join(str(t.number) for t in iter(lambda: studies._claim_waiting_trial(study), None)))
+sys.stdout.write(" ".join(str(t.number) for t in iter(lambda: backend.claim_waiting_trial(study), None)))
 """
 
 
@@ -121,7 +104,7 @@ def test_a_study_whose_creator_died_mid_creation_is_finished_by_the_next_process
     gone.wait()
     configs = studies.draw_configurations(TINY_SPACE, 3, seed=0)
     for name, creator in (("x/dead", {"host": socket.gethostname(), "pid": gone.pid, "start": "1"}),
-                          ("x/alive", studies.processes.owner()), ("x/unknown", None)):
+                          ("x/alive", processes.owner()), ("x/unknown", None)):
         study = optuna.create_study(storage=storage, study_name=name)
         if creator is not None:
             study.set_user_attr(studies.CREATOR_ATTR, creator)
@@ -147,7 +130,7 @@ def test_every_arm_gets_the_same_configurations_whatever_the_claim_order(tmp_pat
     for arm, reverse in (("a", False), ("b", True)):
         study = studies.ensure_study(storage, f"x/{arm}", Budget(trials_per_arm=6), seed=3, space=TINY_SPACE)
         claimed = []
-        while (trial := studies._claim_waiting_trial(study)) is not None:
+        while (trial := backend.claim_waiting_trial(study)) is not None:
             claimed.append((trial.number, TINY_SPACE.sample(trial)))
             study.tell(trial, 0.5)
         if reverse:
@@ -161,10 +144,12 @@ def test_every_arm_gets_the_same_configurations_whatever_the_claim_order(tmp_pat
 
 
 def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, monkeypatch):
+    # "broken" resolves on its own (so it passes the up-front arm check) but fails with every sampled
+    # d_model (8 or 16 // 32 heads = 0): a failure that only a trial can find, recorded as FAIL.
     ablation = _tiny(arms=(Arm("ok", {"model.pooling": "mean"}),
-                           Arm("broken", {"model.pooling": "mean", "model.d_model": -1})))
+                           Arm("broken", {"model.pooling": "mean", "model.num_heads": 32})))
     # An always-pruning pruner (Optuna's ThresholdPruner: any value below 2 prunes) for the "ok" arm.
-    monkeypatch.setattr(studies, "_pruner", lambda budget: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(backend, "_pruner", lambda budget: optuna.pruners.ThresholdPruner(lower=2.0))
     code = studies.main(ablation, _args(tmp_path, "--stage", "tune", "--trials", "2"))
     assert code == 0
     ok, broken = _study(tmp_path, "tiny_ablation/ok"), _study(tmp_path, "tiny_ablation/broken")
@@ -236,21 +221,6 @@ def test_two_processes_finish_exactly_the_budget(tmp_path):
     assert sorted(trial_runs["tags.optuna_trial"].astype(int)) == [0, 1, 2]
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ABLATION
-
-
-@pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation"])
-def test_experiment_declarations(script):
-    ablation = _load_script(script)
-    assert ablation.name == script and len(ablation.arms) >= 2
-    for arm in ablation.arms:  # every arm resolves to a valid config with the default nuisance space
-        ablation.resolve(arm, {"head": "linear"}, ablation.budget, seed=0)
-
-
 def test_bad_data_fails_cleanly_before_any_trial_is_claimed(tmp_path, capsys):
     ablation = _tiny()
     args = _args(tmp_path, "--stage", "tune")
@@ -307,13 +277,6 @@ def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_pa
     assert _runs(tmp_path, "tiny_ablation").empty
 
 
-def test_set_passes_data_settings_to_the_run(tmp_path):
-    """--set data.label_buckets / data.timezone reach DataConfig (and so the study identity)."""
-    options = studies.RunOptions(dataset="synthetic", data_settings=(("leakage_check", "error"),))
-    config = studies.data_config(_tiny(), options, TINY_BUDGET)
-    assert config.leakage_check == "error"
-
-
 def test_resuming_a_study_on_other_data_is_refused(tmp_path):
     from regimetry.config import DataConfig
 
@@ -358,15 +321,15 @@ def test_summary_flags_a_one_class_block_beside_the_verdicts():
     summary = studies.summarize(_tiny(), confs, num_classes=3, horizon=21, baselines=None, n_boot=50)
     assert [w["fold"] for w in summary["block_warnings"]] == [0]
     assert "one class only" in summary["block_warnings"][0]["message"] and "25%" in summary["block_warnings"][0]["message"]
-    markdown = studies._markdown(summary, _tiny(), TINY_BUDGET)
+    markdown = study_summary.markdown(summary, _tiny(), TINY_BUDGET)
     assert "## Evaluation blocks that weaken these verdicts" in markdown
     assert markdown.index("## Verdicts") < markdown.index("block 0: one class only")
 
 
 def test_progress_lines_give_elapsed_time_and_an_estimate_of_the_time_left():
-    assert studies._timing(30.0, 1, 4) == "elapsed 30s, ~1m30s left"
-    assert studies._timing(125.0, 4, 4) == "elapsed 2m05s"
-    assert studies._timing(float("nan"), 0, 4) == "elapsed -"
+    assert study_summary.timing(30.0, 1, 4) == "elapsed 30s, ~1m30s left"
+    assert study_summary.timing(125.0, 4, 4) == "elapsed 2m05s"
+    assert study_summary.timing(float("nan"), 0, 4) == "elapsed -"
 
 
 _KILLABLE = '''
@@ -583,7 +546,7 @@ def test_a_short_budget_never_prints_verdicts(tmp_path, capsys):
     study = _study(tmp_path, "tiny_ablation/mean")
     study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True})
     study.set_user_attr("budget", 3)  # one more slot, claimed by a process that is alive (this one)
-    trial = studies._claim_waiting_trial(study)
+    trial = backend.claim_waiting_trial(study)
     assert trial is not None
     assert studies.main(_tiny(), [*args, "--stage", "confirm", "--trials", "3"]) == 1
     err = capsys.readouterr().err
@@ -595,7 +558,7 @@ def test_console_drops_tensorflow_retracing_warnings_only(caplog):
     """Issue 16: four 700-character retracing warnings per run; real TensorFlow warnings still show."""
     import logging
 
-    studies._configure_logging()
+    context.configure_logging()
     with caplog.at_level(logging.WARNING):
         logging.getLogger("tensorflow").warning("5 out of the last 31 calls to <f> triggered tf.function retracing.")
         logging.getLogger("tensorflow").warning("a real problem")

@@ -1,0 +1,155 @@
+"""One ablation run: validate, tune every arm, confirm every arm's best configuration, summarise, report.
+
+:func:`run_ablation` validates everything it can before anything is written (the arms, the data, the
+Optuna storage, the MLflow store, the stored studies' identity), then opens the MLflow parent run and
+one child run per arm, runs the tuning workers (:mod:`regimetry.studies.tuning`, ``--jobs`` processes),
+requires every arm's budget to be complete, confirms (:mod:`regimetry.studies.confirm`) and renders the
+papermill report (:mod:`regimetry.reports`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import time
+from typing import Any, Callable
+
+from regimetry import records, reports, tracking
+from regimetry.config import DataConfig, redact_url
+from regimetry.studies import backend
+from regimetry.studies.confirm import confirm_and_summarize
+from regimetry.studies.context import WorkerContext, evaluation_blocks
+from regimetry.studies.spec import Ablation, Arm, Budget, ReportFailed, RunOptions, data_config, study_name, validate_arms
+from regimetry.studies.tuning import check_budget_complete, run_worker, worker_process
+
+__all__ = ["run_ablation"]
+
+
+def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
+    """Tune every arm, confirm every arm's best configuration, summarise and log. Returns the summary."""
+    started = time.monotonic()
+    budget, config, arm_list, tracking_uri, storage_url = _validated(ablation, options)
+    with tracking.run(ablation.name, run_name=f"{ablation.name} ({options.stage})",
+                      tags=_parent_tags(ablation, options, config, arm_list, storage_url)) as parent:
+        ctx = _open_session(ablation, options, budget, config, arm_list, parent.run_id)
+        names = [a.name for a in arm_list]
+        if options.stage in ("all", "tune"):
+            print(f"== {ablation.name}: tuning {len(arm_list)} arms x {budget.trials_per_arm} trials "
+                  f"(storage {redact_url(storage_url)}, {options.jobs} process(es))", flush=True)
+            _run_parallel(options.jobs, worker_process, [(ctx, names, tracking_uri)] * options.jobs, ctx, names)
+        if options.stage == "tune":
+            return {}
+        check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
+        print(f"== {ablation.name}: confirming best configurations ({budget.folds} blocks x {budget.seeds} seeds)",
+              flush=True)
+        summary = confirm_and_summarize(ctx, arm_list, tracking_uri)
+        for arm_run_id in ctx.arm_run_ids.values():  # an arm's run spans its trials and confirmation runs
+            tracking.extend_end_time(arm_run_id)
+        tracking.set_tags({records.WALL_SECONDS: f"{time.monotonic() - started:.0f}"})
+        tracking.log_metrics({records.WALL_SECONDS: time.monotonic() - started})
+        summary["parent_run_id"] = parent.run_id
+        report_error = _render_report(ablation, options, summary, tracking_uri, storage_url, parent.run_id)
+    print(f"== {ablation.name}: browse the runs: {tracking.browse_hint(parent.experiment_id, tracking_uri)}", flush=True)
+    if report_error is not None:
+        raise ReportFailed(f"the report failed to render (re-render with: python -m regimetry.reports "
+                           f"{ablation.name}): {report_error}")
+    return summary
+
+
+def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataConfig, list[Arm], str, str]:
+    """Check the arms, the data, the MLflow store, the Optuna storage and the stored studies' identity,
+    in that order, before any MLflow run, study, trial or worker process exists: a bad input fails
+    with one clear message and costs no budget."""
+    budget = options.budget(ablation)
+    validate_arms(ablation, budget, options.seed)
+    config = data_config(ablation, options, budget)
+    tracking_uri = tracking.configure(options.tracking_uri)  # validates the store before anything is written
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    storage_url = options.storage or backend.DEFAULT_STORAGE
+    arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
+    # Prepare (and so validate) the data first: a bad CSV or option fails with one clear message
+    # before any MLflow run, Optuna study, trial or worker process exists.
+    blocks = evaluation_blocks(config, options, budget)
+    print(f"== {ablation.name}: {config.dataset_name}, {len(blocks)} evaluation block(s); tuning on block 0 "
+          f"({len(blocks[0].train)} train / {len(blocks[0].val)} validation windows of "
+          f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
+    # Open (and so validate) the storage too, creating its schema once before any worker starts:
+    # a bad --storage fails here, before any MLflow run exists; so does a stored study of another definition.
+    backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config)
+    ended = tracking.end_orphaned_runs(ablation.name, tracking_uri=tracking_uri)
+    if ended:
+        print(f"== {ablation.name}: ended {len(ended)} MLflow run(s) KILLED whose process is gone", flush=True)
+    return budget, config, arm_list, tracking_uri, storage_url
+
+
+def _parent_tags(ablation: Ablation, options: RunOptions, config: DataConfig, arm_list: list[Arm],
+                 storage_url: str) -> dict[str, str]:
+    return {
+        records.STAGE: records.STAGE_STUDY, records.DATASET: config.dataset_name,
+        records.SCIENTIFIC: ablation.scientific, records.OPTUNA_STORAGE: redact_url(storage_url),
+        records.OPTUNA_STUDIES: json.dumps([study_name(ablation, a) for a in arm_list]),
+        records.QUESTION: ablation.question[:4000], records.SEED: str(options.seed),
+    }
+
+
+def _open_session(ablation: Ablation, options: RunOptions, budget: Budget, config: DataConfig, arm_list: list[Arm],
+                  parent_run_id: str) -> WorkerContext:
+    """Log the protocol on the parent run and open one child run per arm; the context workers share."""
+    tracking.log_params({**{f"{records.BUDGET_PARAM}{k}": v for k, v in dataclasses.asdict(budget).items()},
+                         **config.flat(), f"{records.OPTIONS_PARAM}jobs": options.jobs,
+                         f"{records.OPTIONS_PARAM}smoke": options.smoke})
+    tracking.log_dict({"arms": [dataclasses.asdict(a) | {"overrides": dict(a.overrides)} for a in arm_list],
+                       "nuisance": ablation.nuisance.describe(), "fixed": dict(ablation.fixed)},
+                      records.ABLATION_SPEC)
+    arm_run_ids = {}
+    for arm in arm_list:
+        with tracking.run(ablation.name, run_name=arm.name, parent_run_id=parent_run_id,
+                          tags={records.STAGE: records.STAGE_ARM, records.ARM: arm.name,
+                                records.DATASET: config.dataset_name,
+                                records.OPTUNA_STUDY: study_name(ablation, arm)}) as arm_run:
+            tracking.log_params({f"{records.ARM_PARAM}{k}": v for k, v in arm.overrides.items()})
+            arm_run_ids[arm.name] = arm_run.run_id
+    return WorkerContext(ablation, options, budget, config, arm_run_ids, parent_run_id)
+
+
+def _render_report(ablation: Ablation, options: RunOptions, summary: dict[str, Any], tracking_uri: str,
+                   storage_url: str, parent_run_id: str) -> Exception | None:
+    """Render the papermill report (when ``options.report``); returns the error of a failed report.
+
+    The runs and tables are complete and stay FINISHED; a failed report is flagged on the parent run
+    (``report_error``) and the command exits non-zero, so nobody mistakes a missing report for a good one.
+    """
+    if not options.report:
+        return None
+    print(f"== {ablation.name}: rendering the report into reports/{ablation.name}/", flush=True)
+    try:
+        paths = reports.render_ablation_report(ablation.name, tracking_uri=tracking_uri, storage=storage_url,
+                                               parent_run_id=parent_run_id)
+    except (reports.ReportError, ValueError) as exc:
+        tracking.set_tags({records.REPORT_ERROR: str(exc)[:4000]})
+        return exc
+    summary["report"] = paths
+    print(f"== {ablation.name}: report {paths.html} (notebook {paths.notebook.name} beside it)", flush=True)
+    return None
+
+
+def _run_parallel(jobs: int, target: Callable, args_list, ctx: WorkerContext, names) -> None:
+    if jobs <= 1:
+        run_worker(ctx, names)
+        return
+    context = mp.get_context("spawn")
+    procs = [context.Process(target=target, args=args) for args in args_list]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.join(timeout=30)
+        raise
+    failed = [p.exitcode for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} worker process(es) exited with codes {failed}")

@@ -1,0 +1,85 @@
+"""The declaration language (regimetry.studies.spec): search spaces, arm resolution, experiment
+declarations, and arms checked before any budget is spent (issue 13)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import optuna
+import pytest
+
+from regimetry import studies
+from regimetry.studies import Arm, Categorical, Float, SearchSpace
+from test_studies import TINY_BUDGET, TINY_SPACE, _args, _runs, _tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_search_space_conditions_and_edges():
+    trial = optuna.trial.FixedTrial({"train.learning_rate": 1e-3, "model.d_model": 8, "head": "linear"})
+    assert TINY_SPACE.sample(trial) == {"train.learning_rate": 1e-3, "model.d_model": 8, "head": "linear"}
+    space = SearchSpace((Float("lr", low=1e-4, high=1e-2, log=True), Categorical("w", choices=(8, 16, 32))))
+    warnings = space.edge_warnings({"lr": 1.02e-4, "w": 16})
+    assert len(warnings) == 1 and "lr" in warnings[0] and "lower edge" in warnings[0]
+    assert space.edge_warnings({"lr": 1e-3, "w": 32}) == ["w=32 is at the upper edge of the search space"]
+
+
+def test_resolve_applies_arm_last_and_builds_head():
+    ablation = _tiny()
+    model, train = ablation.resolve(ablation.arms[1], {"model.pooling": "max", "head": "mlp", "head_units": 8},
+                                    TINY_BUDGET, seed=7)
+    assert model.pooling == "last" and model.head_units == (8,) and model.num_layers == 1
+    assert (train.max_epochs, train.seed) == (2, 7)
+    with pytest.raises(ValueError, match="d_model"):
+        ablation.resolve(ablation.arms[0], {"model.d_model": -3}, TINY_BUDGET, seed=0)
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ABLATION
+
+
+@pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation"])
+def test_experiment_declarations(script):
+    ablation = _load_script(script)
+    assert ablation.name == script and len(ablation.arms) >= 2
+    for arm in ablation.arms:  # every arm resolves to a valid config with the default nuisance space
+        ablation.resolve(arm, {"head": "linear"}, ablation.budget, seed=0)
+
+
+def test_set_passes_data_settings_to_the_run(tmp_path):
+    """--set data.label_buckets / data.timezone reach DataConfig (and so the study identity)."""
+    options = studies.RunOptions(dataset="synthetic", data_settings=(("leakage_check", "error"),))
+    config = studies.data_config(_tiny(), options, TINY_BUDGET)
+    assert config.leakage_check == "error"
+
+
+def test_a_typo_in_an_arm_fails_at_once_and_spends_no_budget(tmp_path, capsys):
+    """Issue 13: every arm is resolved before any budget is spent; a typo'd value is one line naming the
+    arm and the allowed values, exit 2, and no study or MLflow run is written."""
+    ablation = _tiny(arms=(Arm("mean", {"model.pooling": "mean"}), Arm("typo", {"model.positional_encoding": "tAPE"})))
+    assert studies.main(ablation, _args(tmp_path, "--stage", "tune")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "arm 'typo'" in err and "positional_encoding" in err and "'tAPE'" in err and "'sinusoidal'" in err, err
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_a_changed_arm_definition_refuses_to_resume_its_study(tmp_path, capsys):
+    """Issue 13: the study identity covers the arm, the fixed settings and the nuisance space; a re-run
+    after the arm changed refuses (exit 2, before any MLflow run) and says how to start a new study."""
+    args = _args(tmp_path, "--stage", "tune", "--arms", "mean", "--trials", "1")
+    assert studies.main(_tiny(), args) == 0
+    parents = _runs(tmp_path, "tiny_ablation").query("`tags.stage` == 'study'")
+    capsys.readouterr()
+    edited = _tiny(arms=(Arm("mean", {"model.pooling": "mean", "model.dropout": 0.2}),
+                         Arm("last", {"model.pooling": "last"})))
+    assert studies.main(edited, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "'tiny_ablation/mean'" in err and "arm.overrides" in err and "--storage" in err and "delete-study" in err
+    assert len(_runs(tmp_path, "tiny_ablation").query("`tags.stage` == 'study'")) == len(parents)
+    assert studies.main(_tiny(), args) == 0  # the unchanged definition still resumes
