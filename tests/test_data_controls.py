@@ -346,10 +346,23 @@ def test_registry_matches_the_config_and_the_experiments():
         if control.ablation not in ablations:
             ablations[control.ablation] = _ablation(control.ablation)
         arms = {a.name for a in ablations[control.ablation].arms}
-        assert set(control.winners) | set(control.at_chance) == arms, control.name
-        assert not set(control.winners) & set(control.at_chance)
+        names = [a.name for a in ablations[control.ablation].arms]
+        winners = control.winners_among(names)
+        assert winners and set(winners) | set(control.at_chance) == arms, control.name
+        assert not set(winners) & set(control.at_chance)
+        assert set(control.at_chance) <= arms, control.name  # at_chance always names real arms
         assert control.chance == pytest.approx(1 / control.num_classes)
         assert control.data_overrides()["stride"] == control.window_size
         assert 12 <= control.window_size <= 24
         scientific = {k for a in ablations[control.ablation].arms for k in a.overrides}
         assert not scientific & set(control.fixed), f"{control.name} fixes the scientific hyperparameter"
+
+
+def test_a_new_encoding_arm_is_a_predicted_winner_without_editing_the_registry():
+    """The recipe of issue 13: a positional encoding added as an arm of 03 is checked by the order
+    control (theory: any positional encoding breaks permutation invariance) with no registry edit."""
+    order = C.CONTROLS["order"]
+    names = [a.name for a in _ablation("03_encoding_ablation").arms] + ["tape"]
+    assert "tape" in order.winners_among(names) and "none" not in order.winners_among(names)
+    # explicit winners stay as declared (recency: only last-step pooling)
+    assert C.CONTROLS["recency"].winners_among(["mean", "last", "new_pooling"]) == ("last",)

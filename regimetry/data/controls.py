@@ -112,6 +112,7 @@ from regimetry.data.control_tasks import (  # noqa: F401  (re-exported: the samp
 
 __all__ = [
     "CONTROLS",
+    "OTHER_ARMS",
     "Control",
     "ControlBatch",
     "ControlParams",
@@ -152,7 +153,11 @@ class Control:
         question: what a correct harness must find, in one sentence.
         fixed: ``section.field -> value`` model settings the argument needs, fixed in every arm (they
             override the ablation's own ``fixed``; the arms still set the scientific one).
-        winners: arms predicted to learn the task (well above chance, towards the ceiling).
+        winners: arms predicted to learn the task (well above chance, towards the ceiling), or
+            :data:`OTHER_ARMS` when theory predicts it of every arm of the ablation not at chance
+            (any positional encoding breaks permutation invariance; any depth >= 2 can form an
+            induction head), so a new arm added to the experiment is checked without editing this
+            registry. Resolve with :meth:`Control.winners_among`.
         at_chance: arms predicted to sit at chance (within sampling error).
         chance: accuracy (and balanced accuracy) of a guess: ``1 / num_classes``.
         ceiling: the Bayes accuracy when it is exact by construction (``1.0``), else ``None``: then
@@ -181,6 +186,13 @@ class Control:
     posterior: Callable[[np.ndarray], np.ndarray]
     references: tuple[str, ...] = ()
 
+    def winners_among(self, arm_names) -> tuple[str, ...]:
+        """The arms predicted to win among ``arm_names`` (an ablation's arms, in its order):
+        ``winners`` itself, or with :data:`OTHER_ARMS` every name not in ``at_chance``."""
+        if self.winners == OTHER_ARMS:
+            return tuple(name for name in arm_names if name not in self.at_chance)
+        return tuple(self.winners)
+
     @property
     def names(self) -> tuple[str, ...]:
         """Alias of ``class_names`` (the attribute ``prepare`` reads from ``extras["params"]``)."""
@@ -198,6 +210,9 @@ class Control:
 # The controls test the encoder itself: no linear shortcut (it would read the last step around the
 # encoder) and no per-window centring (it would change what each theory argument assumes the encoder
 # sees); the market ablations' residual setup (regimetry.studies.RESIDUAL_MODEL) is switched off.
+#: ``Control.winners`` value: every arm of the checked ablation that is not in ``at_chance``.
+OTHER_ARMS: tuple[str, ...] = ("<every arm not at chance>",)
+
 _NO_SHORTCUT = {"model.linear_shortcut": False, "model.use_encoder": True, "model.center_windows": False,
                 "model.shortcut_features": ()}
 
@@ -210,7 +225,7 @@ CONTROLS: dict[str, Control] = {
             question="Without a positional encoding a mean-pooled, unmasked encoder cannot tell rising from "
                      "falling volatility (the steps' multiset is the same); with one it can.",
             fixed={"model.pooling": "mean", "model.attention_mask": "none", **_NO_SHORTCUT},
-            winners=("sinusoidal_interleaved", "sinusoidal_stacked", "learnable"),
+            winners=OTHER_ARMS,  # every positional encoding: sinusoidal (both styles), learnable, ...
             at_chance=("none",),
             chance=0.5,
             ceiling=None,
@@ -264,7 +279,7 @@ CONTROLS: dict[str, Control] = {
                      "steps: one block stays near chance, two or more blocks solve it.",
             fixed={"model.positional_encoding": "sinusoidal", "model.encoding_style": "interleaved",
                    "model.pooling": "last", "model.attention_mask": "causal", **_NO_SHORTCUT},
-            winners=("depth_2", "depth_4", "depth_6"),
+            winners=OTHER_ARMS,  # every depth >= 2 (depth_2, depth_4, depth_6, ...)
             at_chance=("depth_1",),
             chance=1.0 / INDUCTION_VALUES,
             ceiling=1.0,

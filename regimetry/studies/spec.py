@@ -460,10 +460,13 @@ def control_ablation(ablation: Ablation, task: str, *, smoke: bool = False) -> t
     data = {f"data.{k}": v for k, v in control_data_overrides(control.name).items() if k != "source"}
     if smoke:
         data["data.synthetic_bars"] = control.window_size * CONTROL_SMOKE_SEGMENTS
-    winner = ablation.arm(control.winners[0])
-    copy = dataclasses.replace(winner, name=f"{winner.name}_copy", seed_offset=AA_SEED_OFFSET)
-    for name in control.winners + control.at_chance:
+    winners = control.winners_among([arm.name for arm in ablation.arms])
+    for name in winners + control.at_chance:
         ablation.arm(name)  # the registry names real arms
+    if not winners:
+        raise ValueError(f"control task {control.name!r}: no arm of {ablation.name} is predicted to win")
+    winner = ablation.arm(winners[0])
+    copy = dataclasses.replace(winner, name=f"{winner.name}_copy", seed_offset=AA_SEED_OFFSET)
     controlled = dataclasses.replace(
         ablation, name=f"00_control_{control.name}", question=f"[control {control.name}] {control.question}",
         arms=ablation.arms + (copy,), fixed={**ablation.fixed, **control.fixed, **data},

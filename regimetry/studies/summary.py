@@ -266,7 +266,8 @@ def control_checks(summary: Mapping[str, Any], task: str, copy_arm: str) -> pd.D
         return None
 
     present = set(arms.index)
-    for arm in control.winners:
+    winners = control.winners_among([name for name in arms.index if name != copy_arm])
+    for arm in winners:
         if arm not in present:
             continue
         est, lo, hi = interval(arm)
@@ -279,15 +280,16 @@ def control_checks(summary: Mapping[str, Any], task: str, copy_arm: str) -> pd.D
         rows.append({"check": "at_chance", "arm": arm, "b": "chance", "expected": f"= {control.chance:.3f}",
                      "estimate": est, "ci_low": lo, "ci_high": hi, "mde": math.nan,
                      "passed": lo <= control.chance <= hi})
-    for arm in control.winners:
+    for arm in winners:
         for other in control.at_chance:
             d = paired(arm, other) if {arm, other} <= present else None
             if d is not None:
                 rows.append({"check": "winner_beats", "arm": arm, "b": other, "expected": "> 0", **d,
                              "passed": d["ci_low"] > 0})
-    d = paired(control.winners[0], copy_arm) if {control.winners[0], copy_arm} <= present else None
+    source = copy_arm.removesuffix("_copy")  # the copy is of the first predicted winner (spec.apply_control)
+    d = paired(source, copy_arm) if {source, copy_arm} <= present else None
     if d is not None:
-        rows.append({"check": "aa_null", "arm": control.winners[0], "b": copy_arm, "expected": "= 0", **d,
+        rows.append({"check": "aa_null", "arm": source, "b": copy_arm, "expected": "= 0", **d,
                      "passed": d["ci_low"] <= 0 <= d["ci_high"]})
     return pd.DataFrame(rows, columns=["check", "arm", "b", "expected", "estimate", "ci_low", "ci_high", "mde",
                                        "passed"])
