@@ -6,11 +6,12 @@ Writers and readers both use these names, so a key cannot drift on one side only
 to show up as NaN in a report). ``tests/test_records.py`` writes an ablation's records through the
 real writers into a temporary MLflow store and reads every key back through the readers here.
 
-Not here: the per-run keys that :func:`regimetry.tracking.log_training_run` writes for every trial
-and confirmation run (``train/loss``, ``val/<metric>``, ``test/<metric>``, ``best_epoch``,
-``epochs_run``, ``metrics/confusion_<split>.json``, ``attention/*.png``, figures): they belong to the
-tracker; the readers use :func:`split_metric`, :data:`EPOCHS_RUN`, :func:`confusion_artifact` and
-:data:`ATTENTION_DIR`, which name the same strings.
+The per-run keys of every trial and confirmation run that a report reads (``val/<metric>``,
+``test/<metric>``, ``epochs_run``, ``metrics/confusion_<split>.json``, ``attention/*.png``) are
+written by :mod:`regimetry.run_record` through :func:`split_metric`, :data:`EPOCHS_RUN`,
+:func:`confusion_artifact` and :data:`ATTENTION_DIR` too. Not named here: the per-run keys no reader
+uses (``train/loss`` and the per-epoch history, ``best_epoch``, ``config/config.json``, the training
+curves and ``data/*.json``): they appear in the MLflow UI only.
 
 Layout of one ablation invocation (MLflow experiment = the script's stem)::
 

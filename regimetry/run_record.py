@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from regimetry import plots
+from regimetry import plots, records
 from regimetry.models import attention_scores
 from regimetry.scoring import evaluate_full, predict_proba
 
@@ -142,7 +142,7 @@ def _dicts(splits, model_config, train_config, confusions: Mapping[str, np.ndarr
     if splits.label_thresholds is not None:
         dicts["data/label_thresholds.json"] = np.asarray(splits.label_thresholds)
     for name, cm in confusions.items():
-        dicts[f"metrics/confusion_{name}.json"] = {"labels": list(splits.class_names), "rows": "true",
+        dicts[records.confusion_artifact(name)] = {"labels": list(splits.class_names), "rows": "true",
                                                    "columns": "predicted", "matrix": cm}
     return dicts
 
@@ -150,17 +150,17 @@ def _dicts(splits, model_config, train_config, confusions: Mapping[str, np.ndarr
 def _final_metrics(result, splits, test: bool, test_probs):
     """The restored model's final metrics (``val/``, ``test/`` when asked), the confusion matrices and
     the test probabilities."""
-    final: dict[str, float] = {f"val/{k}": v for k, v in result.val_metrics.items()}
+    final: dict[str, float] = {records.split_metric("val", k): v for k, v in result.val_metrics.items()}
     confusions = {"val": result.val_confusion}
     probs = None
     if test and len(splits.test):
         evaluated = evaluate_full(result.model if test_probs is None else np.asarray(test_probs),
                                   splits.test, splits.class_names)
-        final.update({f"test/{k}": v for k, v in evaluated.metrics.items()})
+        final.update({records.split_metric("test", k): v for k, v in evaluated.metrics.items()})
         confusions["test"] = evaluated.confusion
         probs = evaluated.probs
     final.update({
-        "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch, records.EPOCHS_RUN: result.epochs_run,
         "stopped_early": float(result.stopped_early), "fit_seconds": result.fit_seconds,
     })
     return final, confusions, probs
@@ -191,6 +191,6 @@ def _add_attention(record: RunRecord, model, splits) -> None:
         date = splits.val.index[i]
         label = splits.class_names[int(splits.val.y[i])]
         title = f"validation window {i} ending {getattr(date, 'date', lambda: date)()} (true: {label})"
-        record.figures[f"attention/window_{i}.png"] = plots.attention_heatmaps(
+        record.figures[f"{records.ATTENTION_DIR}/window_{i}.png"] = plots.attention_heatmaps(
             [np.asarray(s) for s in scores], window=j, title=title)
     record.tags["attention_windows"] = json.dumps(windows)
