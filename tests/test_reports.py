@@ -471,3 +471,29 @@ def test_controls_report_renders_the_checks_table_and_forest_plot(tmp_path, capf
     assert not list((tmp_path / "out").glob("kernel-*-ipc*"))  # and its socket files are cleaned up
     with pytest.raises(FileNotFoundError, match="no checks table"):
         reports.render_controls_report(tmp_path / "missing.csv", tmp_path / "out")
+
+
+def test_rerendering_reads_the_tagged_relative_storage_from_the_callers_directory(tmp_path, monkeypatch):
+    """A parent run tagged ``optuna_storage=sqlite:///mlruns/o.db`` (relative, as the default run writes
+    it) is re-rendered without --storage: the kernel, which runs in the output directory, must get the
+    storage under the caller's directory, not create an empty one under reports/."""
+    from regimetry.reports import render
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.run(EXPERIMENT, run_name="parent", tracking_uri=uri,
+                      tags={"stage": "study", "optuna_storage": "sqlite:///mlruns/o.db"}) as parent:
+        with tracking.run(EXPERIMENT, run_name="alpha", parent_run_id=parent.run_id,
+                          tags={"stage": "arm", "arm": "alpha"}):
+            pass
+    seen = {}
+
+    def fake_render(notebook, output_dir, parameters, **kwargs):
+        seen.update(parameters)
+        return render.ReportPaths(Path(output_dir) / "a.ipynb", Path(output_dir) / "a.html")
+
+    monkeypatch.setattr(render, "render_notebook", fake_render)
+    render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False)
+    assert seen["storage"] == f"sqlite:///{tmp_path / 'mlruns' / 'o.db'}"
+    render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False, storage="sqlite:////x/y.db")
+    assert seen["storage"] == "sqlite:////x/y.db"  # an explicit --storage wins

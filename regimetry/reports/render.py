@@ -265,6 +265,11 @@ def render_ablation_report(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     runs = load_ablation_runs(experiment, uri, parent_run_id)  # fails fast with a clear message
     parent_id = runs.parent_run_id
+    if not storage:
+        # The parent's optuna_storage tag as the run wrote it: a relative sqlite/journal path means the
+        # user's current directory, not the output directory papermill runs the kernel in.
+        tagged = runs.tag(records.OPTUNA_STORAGE)
+        storage = tagged if tagged and "***" not in tagged else None
     with _passwords_through_env({"tracking_uri": uri, "storage": _absolute_url(storage)}) as values:
         paths = render_notebook(
             NOTEBOOK_DIR / ABLATION_NOTEBOOK, Path(output_dir) / experiment,
