@@ -225,3 +225,19 @@ def test_control_finds_the_predicted_winner_and_no_aa_difference(task, tmp_path,
     assert set(checks["check"]) == {"winner_above_chance", "at_chance", "winner_beats", "aa_null"}
     failed = checks[~checks["passed"]]
     assert failed.empty, failed.to_string()
+
+
+def test_stage_confirm_without_tuning_refuses_before_writing(tmp_path, capsys):
+    """``--stage confirm`` on a storage with no tuning study: one line naming the arms and the stage to
+    run first, exit 2; no Optuna study and no MLflow run is created (found by a fresh-user check: it
+    used to enqueue every arm's trials, leave a FAILED parent run and exit 1 saying to re-run itself)."""
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    code = studies.main(_load("03_encoding_ablation"),
+                        ["--smoke", "--dataset", "synthetic", "--no-report", "--jobs", "1", "--stage", "confirm",
+                         "--tracking-uri", uri, "--storage", storage])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--stage confirm" in err[0] and "--stage tune" in err[0] and "sinusoidal_interleaved" in err[0]
+    assert optuna.get_all_study_summaries(storage) == []
+    assert len(tracking.search_runs("03_encoding_ablation", tracking_uri=uri)) == 0

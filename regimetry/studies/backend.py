@@ -389,6 +389,20 @@ def check_identity(storage, ablation: Ablation, arms, config: DataConfig) -> Non
         _refuse_other_identity(name, stored, study_key(ablation, arm, config))
 
 
+def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
+    """``--stage confirm`` needs every arm's tuning study: refuse before anything is written.
+
+    Raises:
+        ValueError: arms without a stored study, naming them, the storage and the stage to run first.
+    """
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    missing = [arm.name for arm in arms if study_name(ablation, arm) not in existing]
+    if missing:
+        raise ValueError(
+            f"--stage confirm: no tuning study for arm(s) {missing} in {redact_url(storage_url)}; run "
+            "--stage tune (or --stage all) with the same --storage first")
+
+
 def _refuse_other_identity(name: str, stored: str | None, key: str | None) -> None:
     if key is None or stored is None or stored == key:
         return

@@ -78,6 +78,8 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     # Open (and so validate) the storage too, creating its schema once before any worker starts:
     # a bad --storage fails here, before any MLflow run exists; so does a stored study of another definition.
     backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config)
+    if options.stage == "confirm":
+        backend.check_tuned(backend.resolve_storage(storage_url), ablation, arm_list, storage_url)
     ended = tracking.end_orphaned_runs(ablation.name, tracking_uri=tracking_uri)
     if ended:
         print(f"== {ablation.name}: ended {len(ended)} MLflow run(s) KILLED whose process is gone", flush=True)

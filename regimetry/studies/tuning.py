@@ -178,5 +178,6 @@ def check_budget_complete(storage, ctx: WorkerContext, arm_list: Sequence[Arm]) 
     if short:
         raise BudgetIncomplete(
             f"the tuning budget is not finished: {'; '.join(short)}; no verdict is printed on a short budget. "
-            "Re-run the same command to finish it (trials running in another live process finish there; "
-            "then run --stage confirm)")
+            + ("Run --stage tune (or --stage all) with the same --storage to finish it"
+               if ctx.options.stage == "confirm" else "Re-run the same command to finish it")
+            + " (trials running in another live process finish there; then run --stage confirm)")
