@@ -4,7 +4,7 @@
 against these maps, ``regimetry.models.build_classifier`` builds the layer a name maps to (an unknown
 name raises an error listing the registered ones) and ``tests/test_models.py`` parametrizes over them.
 Adding an option is therefore one layer (a class in ``regimetry/layers/``), one line here, one
-``Arm`` in the experiment and one test file (``shared/CONVENTIONS.md``, "Adding an option").
+``Arm`` in the experiment and one test file (the team's conventions, "Adding an option"; ``tests/test_data_controls.py`` shows a new encoding arm checked by the order control without a registry edit).
 
 Factories take ``(config, window_size, name)`` (``config`` a ``ModelConfig``, ``window_size`` the
 bars per window, ``name`` the layer name the builder gives it) and return a Keras layer, or ``None``

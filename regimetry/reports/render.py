@@ -238,7 +238,7 @@ def render_ablation_report(
     """Render ``notebooks/ablation_report.ipynb`` for one ablation into ``<output_dir>/<experiment>/``.
 
     Args:
-        experiment: MLflow experiment name (the script's stem, e.g. ``03_encoding_ablation``).
+        experiment: MLflow experiment name (the ablation's name, by convention the script's stem, e.g. ``03_encoding_ablation``).
         tracking_uri: MLflow store (default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlruns/mlflow.db``).
         storage: Optuna storage URL of the arms' studies (default: the parent run's
             ``optuna_storage`` tag unless it was redacted, else ``sqlite:///mlruns/optuna.db``).

@@ -35,7 +35,7 @@ a study whose creator died before recording its budget, and takes over the confi
 invocation finished (``confirm._resume_confirmations``), so a ``kill -9`` at any moment followed by a
 re-run gives the budget and verdicts of an uninterrupted run (``benchmarks/crash_recovery.py``).
 
-MLflow: experiment = the script's stem; a parent run per invocation, a child run per arm, and under
+MLflow: experiment = the ablation's name (by convention the script's stem); a parent run per invocation, a child run per arm, and under
 each arm a child run per trial and per confirmation fold and seed; every key is named in
 :mod:`regimetry.records`.
 

@@ -240,7 +240,7 @@ class Ablation:
     """A question answered by comparing arms under an equal tuning budget.
 
     Args:
-        name: experiment name (the script's stem, e.g. ``03_encoding_ablation``).
+        name: experiment name (by convention the script's stem, e.g. ``03_encoding_ablation``).
         question: the question, in one sentence.
         scientific: the scientific hyperparameter's name.
         arms: the arms (values of the scientific hyperparameter).
@@ -317,7 +317,7 @@ class Ablation:
 def validate_arms(ablation: Ablation, budget: Budget, seed: int = 0) -> None:
     """Resolve every arm (defaults < fixed settings < arm) before any budget is spent.
 
-    A typo in an arm's value (``"tAPE"`` for ``"tape"``) used to burn the arm's whole tuning budget as
+    A typo in an arm's value (``"tAPE"``, not a registered encoding) used to burn the arm's whole tuning budget as
     FAIL trials; here it fails at once. The nuisance values are left at their defaults: a nuisance
     configuration that fails is a FAIL trial of the study, an arm that cannot resolve is no experiment.
 
