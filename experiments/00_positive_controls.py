@@ -46,12 +46,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from regimetry import processes, records, reports, tracking
+from regimetry import records, reports, tracking
 from regimetry.config import CONTROL_TASKS
 from regimetry.data.controls import get_control
-from regimetry.studies import (DEFAULT_JOBS, BudgetIncomplete, NoCompleteTrial, ReportFailed, RunOptions, control_ablation,
-                               control_checks, run_ablation)
-from regimetry.studies.context import configure_logging
+from regimetry.studies import DEFAULT_JOBS, ReportFailed, RunOptions, control_ablation, control_checks, run_ablation
+from regimetry.studies.cli import run_with_exit_codes
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,21 +95,8 @@ def _markdown(checks: pd.DataFrame, header: list[str]) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
-    processes.interrupt_on_sigterm()
     logging.getLogger("regimetry.controls").setLevel(logging.INFO)
-    try:
-        run_controls(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ReportFailed, NoCompleteTrial, BudgetIncomplete) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are stored; re-run the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+    return run_with_exit_codes(lambda: run_controls(args))
 
 
 def run_controls(args: argparse.Namespace) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from regimetry import processes
 from regimetry.config import CONTROL_SOURCES, SOURCES, parse_overrides
@@ -65,15 +65,27 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
 def main(ablation: Ablation, argv: Sequence[str] | None = None) -> int:
     """Command-line entry point of an experiment script. Returns the process exit code."""
     args = build_parser(ablation).parse_args(argv)
-    configure_logging()
-    processes.interrupt_on_sigterm()
-    try:
+
+    def body() -> None:
+        nonlocal ablation
         if args.dataset.startswith("control:"):
             # The control's own fixed settings, data settings, budget and A/A copy arm (declared with the
             # control in regimetry.data.controls); the same studies as experiments/00_positive_controls.py.
             ablation, _ = control_ablation(ablation, args.dataset, smoke=args.smoke)
-        options = options_from_args(ablation, args)
-        run_ablation(ablation, options)
+        run_ablation(ablation, options_from_args(ablation, args))
+
+    return run_with_exit_codes(body)
+
+
+def run_with_exit_codes(body: Callable[[], object]) -> int:
+    """Run an experiment script's ``body`` with logging and SIGTERM handling, mapping its outcome to the
+    process exit code: 0 done; 2 a bad option or input (``ValueError``, ``FileNotFoundError``: one
+    ``error:`` line); 1 the run ended without results (report failed, no COMPLETE trial, short budget);
+    130 interrupted (Ctrl-C or SIGTERM; finished trials stay stored)."""
+    configure_logging()
+    processes.interrupt_on_sigterm()
+    try:
+        body()
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
