@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 
 from regimetry import plots, reports, studies, tracking
+from regimetry.reports import cli as reports_cli
+from regimetry.studies import backend
 from regimetry.config import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -495,5 +497,30 @@ def test_rerendering_reads_the_tagged_relative_storage_from_the_callers_director
     monkeypatch.setattr(render, "render_notebook", fake_render)
     render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False)
     assert seen["storage"] == f"sqlite:///{tmp_path / 'mlruns' / 'o.db'}"
-    render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False, storage="sqlite:////x/y.db")
-    assert seen["storage"] == "sqlite:////x/y.db"  # an explicit --storage wins
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    backend.resolve_storage(other)  # an existing storage (created by a writer)
+    render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False, storage=other)
+    assert seen["storage"] == other  # an explicit --storage wins
+
+
+def test_a_missing_storage_is_refused_by_readers_and_not_created(tmp_path, monkeypatch):
+    """New-user check: re-rendering with a mistyped --storage created an empty SQLite file (and its
+    directory) and rendered "no studies"; readers now refuse a storage file that does not exist."""
+    from regimetry.reports import render
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with tracking.run(EXPERIMENT, run_name="parent", tracking_uri=uri, tags={"stage": "study"}) as parent:
+        with tracking.run(EXPERIMENT, run_name="alpha", parent_run_id=parent.run_id,
+                          tags={"stage": "arm", "arm": "alpha"}):
+            pass
+    monkeypatch.setattr(render, "render_notebook", lambda *a, **k: pytest.fail("rendered on a missing storage"))
+    missing = tmp_path / "typo" / "optuna.db"
+    for url in (f"sqlite:///{missing}", f"journal:///{tmp_path / 'typo' / 'j.log'}"):
+        with pytest.raises(ValueError, match=r"--storage '.*typo.*': no Optuna storage at .*does not exist"):
+            render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False, storage=url)
+        with pytest.raises(ValueError, match="no Optuna storage"):
+            backend.study_trials_frame(f"{EXPERIMENT}/alpha", url)
+    assert not (tmp_path / "typo").exists()
+    assert reports_cli.main([EXPERIMENT, "--tracking-uri", uri, "--storage", f"sqlite:///{missing}",
+                             "--no-log", "--output-dir", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "typo").exists()

@@ -26,6 +26,7 @@ from regimetry import records, tracking
 from regimetry.config import DataConfig, has_password
 from regimetry.data import prepare
 from regimetry.reports.runs import _SECRET_ENV, load_ablation_runs
+from regimetry.studies import backend
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 ABLATION_NOTEBOOK = "ablation_report.ipynb"
@@ -256,7 +257,8 @@ def render_ablation_report(
         :class:`ReportPaths` (``ablation_report.ipynb`` and ``ablation_report.html``).
 
     Raises:
-        ValueError: an unknown metric, a missing tracking store, an experiment without ablation runs
+        ValueError: an unknown metric, a ``storage`` that does not exist or cannot be opened, a missing
+            tracking store, an experiment without ablation runs
             or an unknown ``parent_run_id`` (naming the experiment and the tracking URI).
         ReportError: a cell of the notebook failed (partial notebook kept, see :func:`render_notebook`).
     """
@@ -265,7 +267,9 @@ def render_ablation_report(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     runs = load_ablation_runs(experiment, uri, parent_run_id)  # fails fast with a clear message
     parent_id = runs.parent_run_id
-    if not storage:
+    if storage:  # the user's --storage: refuse a bad or missing one before rendering (exit 2 in the CLI)
+        backend.resolve_storage(_absolute_url(storage), read_only=True)
+    else:
         # The parent's optuna_storage tag as the run wrote it: a relative sqlite/journal path means the
         # user's current directory, not the output directory papermill runs the kernel in.
         tagged = runs.tag(records.OPTUNA_STORAGE)

@@ -50,15 +50,21 @@ __all__ = ["DEFAULT_STORAGE", "TrialPruned", "resolve_storage", "ensure_study", 
 # ================================================================================================
 # Storages
 # ================================================================================================
-def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
+def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Optuna storage from a URL: any SQLAlchemy URL (sqlite, postgresql, mysql) or
     ``journal:///path/file.log`` for a journal file. ``None`` gives ``sqlite:///mlruns/optuna.db``.
 
     SQLite gets a 60 s busy timeout so that several local processes can share one file; RDB storages
     get a heartbeat (60 s, grace 180 s) so trials of killed processes are failed and retried.
 
+    Args:
+        url: the storage URL (``--storage``).
+        read_only: the caller only reads (reports): a sqlite or journal file that does not exist is an
+            error instead of a new, empty storage (and no directory is created).
+
     Raises:
-        ValueError: an unparseable URL, naming it.
+        ValueError: an unparseable URL, a directory where a file is expected, a missing file with
+            ``read_only``, or a storage that cannot be opened, naming the (password-masked) URL.
     """
     url = url or DEFAULT_STORAGE
     shown = redact_url(url)
@@ -68,6 +74,7 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
         if Path(path).is_dir():
             raise ValueError(f"--storage {shown!r}: {path} is a directory; a journal storage is a file "
                              "(journal:///path/file.log)")
+        _refuse_missing(Path(path), shown, read_only)
         _make_parent(Path(path), shown)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if "://" not in url:
@@ -78,6 +85,7 @@ def resolve_storage(url: str | None) -> optuna.storages.BaseStorage:
         db_path = Path(url[len("sqlite:///"):])
         if db_path.is_dir():
             raise ValueError(f"--storage {shown!r}: {db_path} is a directory; expected a SQLite file path")
+        _refuse_missing(db_path, shown, read_only)
         _make_parent(db_path, shown)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     # Several processes opening a new database at once race to create its schema (one of them gets
@@ -137,6 +145,13 @@ class _SQLiteStorage(optuna.storages.RDBStorage):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         _begin_immediate(self.engine)
+
+
+def _refuse_missing(path: Path, shown: str, read_only: bool) -> None:
+    """A reader must not create the storage it was asked to read (an empty store reads as 'no studies')."""
+    if read_only and not path.is_file():
+        raise ValueError(f"--storage {shown!r}: no Optuna storage at {path.resolve()} (the file does not exist); "
+                         "pass the --storage the experiment ran with")
 
 
 def _make_parent(path: Path, shown: str) -> None:
@@ -490,7 +505,7 @@ def quiet_logging() -> None:
 # ================================================================================================
 def study_names(experiment: str, storage_url: str | None = None) -> list[str]:
     """Names of the stored studies of an experiment (``<experiment>/<arm>``), in creation order."""
-    storage = resolve_storage(storage_url)
+    storage = resolve_storage(storage_url, read_only=True)
     return [s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(f"{experiment}/")]
 
 
@@ -500,7 +515,7 @@ def study_trials_frame(name: str, storage_url: str | None = None) -> pd.DataFram
     Raises:
         ValueError: no study of that name in the storage.
     """
-    storage = resolve_storage(storage_url)
+    storage = resolve_storage(storage_url, read_only=True)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -510,7 +525,7 @@ def study_trials_frame(name: str, storage_url: str | None = None) -> pd.DataFram
 
 def param_importances(name: str, storage_url: str | None = None) -> dict[str, float]:
     """fANOVA parameter importances of a study's COMPLETE trials (empty when fewer than 2 or no spread)."""
-    storage = resolve_storage(storage_url)
+    storage = resolve_storage(storage_url, read_only=True)
     study = optuna.load_study(study_name=name, storage=storage)
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     if len(complete) < 2 or len({t.value for t in complete}) < 2:
