@@ -38,6 +38,10 @@ FEATURE_SETS = {
     "har63": ("log_return", "abs_return", "range", "close_location", "log_rv_1", "log_rv_5", "log_rv_22",
               "log_rv_63", "volume_z"),
     "har_only": ("log_rv_1", "log_rv_5", "log_rv_22"),
+    # the default inputs plus range-based (Parkinson) log volatility at the HAR lags and momentum
+    # (the leverage effect's sign): candidates for the shortcut, chosen on the tuning period only
+    "default_pk3": DEFAULT_FEATURES + ("log_parkinson_1", "log_parkinson_5", "log_parkinson_22"),
+    "default_pk": DEFAULT_FEATURES + ("log_parkinson_1", "log_parkinson_5", "log_parkinson_22", "mom_5", "mom_22"),
 }
 
 

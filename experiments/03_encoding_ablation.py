@@ -14,7 +14,7 @@ Vaswani et al. 2017), a learnable position table, or no positional information a
   (arch package), 30-bar windows, stride 1, label = 21-day forward realized-volatility tertile fitted on
   each fold's training period; AdamW, balanced class weights.
   Model (``regimetry.studies.RESIDUAL_MODEL``, issue 11): a linear shortcut on the last step's HAR lags
-  (log_rv_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
+  (log_rv_1/5/22 and log_parkinson_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
   inputs (it learns a residual and never sees a level); early stopping and trial choice on validation
   balanced accuracy; the best epoch is restored (``train.warm_start_candidate`` off: keeping the
   warm-started linear model unless an epoch beats it was measured and scored the same).

@@ -8,7 +8,7 @@ classification on daily market windows, once each depth is tuned with the same b
 - Fixed: sinusoidal interleaved encoding, mean pooling, unmasked attention, pre-norm blocks (stable at
   depth 6); data and labels as in 03.
   Model (``regimetry.studies.RESIDUAL_MODEL``, issue 11): a linear shortcut on the last step's HAR lags
-  (log_rv_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
+  (log_rv_1/5/22 and log_parkinson_1/5/22), warm-started to a logistic regression, plus the encoder on per-window centred
   inputs (it learns a residual and never sees a level); early stopping and trial choice on validation
   balanced accuracy; the best epoch is restored (``train.warm_start_candidate`` off: keeping the
   warm-started linear model unless an epoch beats it was measured and scored the same).

@@ -2,7 +2,7 @@
 
 Question: the classifier's linear shortcut (``ModelConfig.linear_shortcut``) is a multinomial logistic
 regression on the window's last step, which with log realized-volatility inputs is a HAR-RV-like model
-(Corsi 2009). Does the Transformer encoder on the whole window add predictive power on top of it, and
+(Corsi 2009; here on the HAR lags of close-to-close and of range-based volatility). Does the Transformer encoder on the whole window add predictive power on top of it, and
 does it do better alone or as a residual over the shortcut (HARNet, Reisenhofer et al. 2022)?
 
 - Scientific hyperparameter (the arms): the model's parts --
@@ -16,9 +16,10 @@ does it do better alone or as a residual over the shortcut (HARNet, Reisenhofer 
   ff_dim, batch size, head. For ``shortcut_only`` only the optimiser settings act; it still spends the
   same number of trials, so the budget stays equal.
 - Fixed: sinusoidal interleaved encoding, 2 encoder blocks, mean pooling, unmasked attention, post-norm,
-  GELU; shortcut inputs log_rv_1/5/22 warm-started to a logistic regression; early stopping and trial
-  choice on validation log loss; data and labels as in 03 (S&P 500 daily
-  bars, default features with the HAR log-RV lags, 30-bar windows, 21-day forward realized-volatility
+  GELU; shortcut inputs log_rv_1/5/22 and log_parkinson_1/5/22 (HAR lags of close-to-close and
+  range-based volatility) warm-started to a logistic regression; early stopping and trial choice on
+  validation balanced accuracy; data and labels as in 03 (S&P 500 daily
+  bars, default features with both sets of HAR lags, 30-bar windows, 21-day forward realized-volatility
   tertiles fitted on each fold's training period).
 - Budget (equal per arm): 8 Sobol trials per arm on the tuning period (bars before 2008: train
   1999-2006, validation 2006-07..2007-09), at most 15 epochs; each arm's best configuration confirmed

@@ -13,7 +13,8 @@ from regimetry.data.synthetic import simulate_markov_switching
 from regimetry.data.windows import count_windows, make_windows, window_end_positions
 
 ALL = tuple(dict.fromkeys(DEFAULT_FEATURES + ("squared_return", "gap", "log_volume", "rv_10", "mom_7", "volume_z_11",
-                                               "log_rv_1", "log_rv_5", "log_rv_22", "log_rv_63")))
+                                               "log_rv_1", "log_rv_5", "log_rv_22", "log_rv_63",
+                                               "log_parkinson_1", "log_parkinson_5", "log_parkinson_22")))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,26 @@ def test_log_rv_definition_floor_and_har_agreement(bars):
     assert compute_features(zero, ["log_rv_1"])["log_rv_1"].iloc[50] == pytest.approx(np.log(1e-4))
     with pytest.raises(ValueError, match=r"log_rv_<n> \(n >= 1\)"):
         compute_features(bars, ["log_rv_0"])
+
+
+def test_log_parkinson_definition_warm_up_and_floor(bars):
+    f = compute_features(bars, ["log_parkinson_1", "log_parkinson_5", "log_parkinson_22"])
+    hl = np.log(bars["high"].to_numpy() / bars["low"].to_numpy())
+    t = 120
+    # Parkinson (1980): variance = (ln H/L)^2 / (4 ln 2) per bar, annualised over 252 bars
+    assert f["log_parkinson_1"].iloc[t] == pytest.approx(np.log(np.sqrt(252 / (4 * np.log(2)) * hl[t] ** 2)))
+    assert f["log_parkinson_22"].iloc[t] == pytest.approx(
+        np.log(np.sqrt(252 / (4 * np.log(2) * 22) * np.sum(hl[t - 21: t + 1] ** 2))))
+    # needs no return: the first value of a 5-bar window is at bar 4 (bars 0..4)
+    assert f["log_parkinson_5"].iloc[:4].isna().all() and f["log_parkinson_5"].iloc[4:].notna().all()
+    # a bar with high == low gives the floor, not -inf
+    flat = bars.copy()
+    flat.loc[flat.index[50], "high"] = flat.loc[flat.index[50], "low"]
+    assert compute_features(flat, ["log_parkinson_1"])["log_parkinson_1"].iloc[50] == pytest.approx(np.log(1e-4))
+    with pytest.raises(ValueError, match=r"log_parkinson_<n> \(n >= 1\)"):
+        compute_features(bars, ["log_parkinson_0"])
+    with pytest.raises(ValueError, match=r"needs bar column\(s\) \['high'\]"):
+        compute_features(bars.drop(columns=["high"]), ["log_parkinson_5"])
 
 
 def test_forward_vol_and_buckets():

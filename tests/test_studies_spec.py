@@ -83,3 +83,18 @@ def test_a_changed_arm_definition_refuses_to_resume_its_study(tmp_path, capsys):
     assert "'tiny_ablation/mean'" in err and "arm.overrides" in err and "--storage" in err and "delete-study" in err
     assert len(_runs(tmp_path, "tiny_ablation").query("`tags.stage` == 'study'")) == len(parents)
     assert studies.main(_tiny(), args) == 0  # the unchanged definition still resumes
+
+
+def test_shortcut_features_the_data_lacks_keep_the_present_ones_or_fall_back_to_every_feature():
+    """RESIDUAL_MODEL's shortcut reads the HAR lags of two estimators; a user's --features with only the
+    HAR-RV lags keeps those (not every feature), synthetic data without any falls back to ``()``."""
+    ablation = studies.Ablation(name="x", question="q", scientific="s", arms=(Arm("a", {}), Arm("b", {})),
+                               fixed=dict(studies.RESIDUAL_MODEL))
+    arm = ablation.arms[0]
+    full = ablation.resolve(arm, {}, TINY_BUDGET, 0, feature_names=["log_return", *studies.HAR_SHORTCUT_FEATURES])
+    assert full[0].shortcut_features == studies.HAR_SHORTCUT_FEATURES
+    assert "log_parkinson_22" in studies.HAR_SHORTCUT_FEATURES and "log_rv_22" in studies.HAR_SHORTCUT_FEATURES
+    part = ablation.resolve(arm, {}, TINY_BUDGET, 0, feature_names=["log_return", "log_rv_1", "log_rv_5", "log_rv_22"])
+    assert part[0].shortcut_features == ("log_rv_1", "log_rv_5", "log_rv_22")
+    none = ablation.resolve(arm, {}, TINY_BUDGET, 0, feature_names=["log_return", "abs_return"])
+    assert none[0].shortcut_features == ()

@@ -24,10 +24,12 @@ CONTROL_SOURCES = tuple(f"control:{task}" for task in CONTROL_TASKS)
 #: with them a window model could beat the returns-only Hamilton filter that defines the ceiling.
 SYNTHETIC_FEATURES = ("log_return", "abs_return")
 MAX_REGIMES = 20  # regime classes; more is not a regime model (and every per-class figure breaks)
-#: Default inputs (issue 11): returns, range, close location, volume, and realized volatility on the
-#: LOG scale at the HAR-RV lags 1/5/22 plus 63 bars. The log levels replaced rv_5/rv_21/rv_63: on the
-#: scale HAR-RV uses, a linear model extrapolates to calmer periods than training saw (chosen on the
-#: tuning period only, by an inner walk-forward 2003-2007; benchmarks/README.md).
+#: Default inputs (issue 11): returns, range, close location, volume, realized volatility on the
+#: LOG scale at the HAR-RV lags 1/5/22 plus 63 bars, and Parkinson range-based volatility on the log
+#: scale at the same HAR lags. The log levels replaced rv_5/rv_21/rv_63: on the scale HAR-RV uses, a
+#: linear model extrapolates to calmer periods than training saw; the range-based lags carry the
+#: more efficient range estimator of each day's variance (Parkinson 1980). Both chosen on the tuning
+#: period only, by an inner walk-forward 2003-2007 (benchmarks/README.md).
 DEFAULT_FEATURES = (
     "log_return",
     "abs_return",
@@ -38,6 +40,9 @@ DEFAULT_FEATURES = (
     "log_rv_22",
     "log_rv_63",
     "volume_z",
+    "log_parkinson_1",
+    "log_parkinson_5",
+    "log_parkinson_22",
 )
 
 
@@ -61,7 +66,8 @@ class DataConfig(_ConfigBase):
         exclude_columns: CSV columns to drop from the inputs.
         features: bar features to compute (see ``regimetry.data.features``). Default
             (``DEFAULT_FEATURES``): log return, absolute return, high-low range, close location, log
-            realized volatility over 1/5/22/63 bars (the HAR lags and a quarter), volume z-score.
+            realized volatility over 1/5/22/63 bars (the HAR lags and a quarter), volume z-score,
+            log Parkinson range-based volatility over 1/5/22 bars.
         target: ``"forward_vol_regime"`` (forward realized-volatility regime), ``"true_regime"``
             (synthetic source only) or ``"column:<name>"`` (a label column of the CSV). ``None``
             picks ``true_regime`` for synthetic data and ``forward_vol_regime`` otherwise.

@@ -50,7 +50,8 @@ class ModelConfig(_ConfigBase):
             reference arm of ``experiments/07_encoder_value.py``). Default ``True``.
         shortcut_features: names of the input features the shortcut reads (e.g. the HAR-RV lags
             ``("log_rv_1", "log_rv_5", "log_rv_22")``, so that the shortcut is the HAR-RV logistic
-            model of ``regimetry.baselines``); ``()`` = every feature. The model builder then needs
+            model of ``regimetry.baselines``; 03-07 add the range-based lags
+            ``log_parkinson_1/5/22``); ``()`` = every feature. The model builder then needs
             the feature names (``regimetry.training.fit`` passes them). Default ``()``.
         center_windows: subtract each window's own per-feature mean before the input projection
             (``regimetry.layers.WindowCentering``, the normalisation half of RevIN, Kim et al. 2022),
