@@ -162,7 +162,7 @@ def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, mo
     assert "RUNNING" not in set(runs["status"])
 
 
-def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeypatch):
+def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeypatch, capsys):
     from regimetry import training
 
     ablation = _tiny()
@@ -178,6 +178,8 @@ def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeyp
     monkeypatch.setattr(training, "fit", interrupting_fit)
     args = _args(tmp_path, "--stage", "tune", "--arms", "mean", "--trials", "2")
     assert studies.main(ablation, args) == 130
+    # a storage file that did not exist is announced (a mistyped --storage path must not pass silently)
+    assert re.search(r"new Optuna storage \S+optuna\.db \(no such file before\)", capsys.readouterr().out)
     counts = studies.budget_counts(_study(tmp_path, "tiny_ablation/mean"))
     assert counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] == 1 and counts["INTERRUPTED"] == 1
     assert counts["WAITING"] == 1  # the interrupted slot was given back
@@ -191,6 +193,7 @@ def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeyp
 
     monkeypatch.setattr(training, "fit", counting_fit)
     assert studies.main(ablation, args) == 0
+    assert "new Optuna storage" not in capsys.readouterr().out  # resumed: the same storage
     counts = studies.budget_counts(_study(tmp_path, "tiny_ablation/mean"))
     assert counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] == 2, counts
     assert counts["WAITING"] == counts["RUNNING"] == 0 and counts["INTERRUPTED"] == 1

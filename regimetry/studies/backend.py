@@ -44,12 +44,23 @@ CREATOR_ATTR = records.CREATOR_ATTR
 
 __all__ = ["DEFAULT_STORAGE", "TrialPruned", "resolve_storage", "ensure_study", "arm_study", "check_identity",
            "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "Heartbeat",
-           "study_names", "study_trials_frame", "param_importances"]
+           "study_names", "study_trials_frame", "param_importances", "storage_file"]
 
 
 # ================================================================================================
 # Storages
 # ================================================================================================
+def storage_file(url: str | None) -> Path | None:
+    """The local file of a sqlite or journal storage URL (``None`` for a server database)."""
+    url = url or DEFAULT_STORAGE
+    if url.startswith("journal:"):
+        path = url[len("journal:"):].lstrip("/")
+        return Path("/" + path if url.startswith("journal:///") else path)
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
 def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Optuna storage from a URL: any SQLAlchemy URL (sqlite, postgresql, mysql) or
     ``journal:///path/file.log`` for a journal file. ``None`` gives ``sqlite:///mlruns/optuna.db``.
@@ -69,8 +80,7 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
     url = url or DEFAULT_STORAGE
     shown = redact_url(url)
     if url.startswith("journal:"):
-        path = url[len("journal:"):].lstrip("/")
-        path = "/" + path if url.startswith("journal:///") else path
+        path = str(storage_file(url))
         if Path(path).is_dir():
             raise ValueError(f"--storage {shown!r}: {path} is a directory; a journal storage is a file "
                              "(journal:///path/file.log)")
@@ -82,7 +92,7 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
                          "or journal:///path/file.log")
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
-        db_path = Path(url[len("sqlite:///"):])
+        db_path = storage_file(url)
         if db_path.is_dir():
             raise ValueError(f"--storage {shown!r}: {db_path} is a directory; expected a SQLite file path")
         _refuse_missing(db_path, shown, read_only)

@@ -77,7 +77,11 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
           f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
     # Open (and so validate) the storage too, creating its schema once before any worker starts:
     # a bad --storage fails here, before any MLflow run exists; so does a stored study of another definition.
+    local_file = backend.storage_file(storage_url)
+    is_new = local_file is not None and not local_file.exists()
     backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config)
+    if is_new:  # say so: a mistyped --storage path would otherwise start from scratch silently
+        print(f"== {ablation.name}: new Optuna storage {local_file.resolve()} (no such file before)", flush=True)
     if options.stage == "confirm":
         backend.check_tuned(backend.resolve_storage(storage_url), ablation, arm_list, storage_url)
     ended = tracking.end_orphaned_runs(ablation.name, tracking_uri=tracking_uri)
