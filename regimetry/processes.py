@@ -1,5 +1,5 @@
 """Who owns a claimed trial or an open MLflow run, whether that process still lives, and how a
-process turns SIGTERM into an orderly interrupt.
+process turns SIGTERM into an orderly interrupt; the pool of worker processes one run keeps.
 
 A worker records its owner (host name, process id and the process's start time) on every trial it
 claims and every MLflow run it opens. A later process on the same host can then tell, without
@@ -18,9 +18,10 @@ import os
 import signal
 import socket
 import threading
-from typing import Any, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable, Iterator, Mapping
 
-__all__ = ["owner", "owner_is_dead", "interrupt_on_sigterm", "signals_deferred"]
+__all__ = ["owner", "owner_is_dead", "interrupt_on_sigterm", "signals_deferred", "worker_pool", "worker_result"]
 
 
 def _start_time(pid: int) -> str | None:
@@ -105,3 +106,39 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+@contextlib.contextmanager
+def worker_pool(jobs: int, initializer: Callable[..., None], initargs: tuple = ()) -> Iterator[ProcessPoolExecutor | None]:
+    """``jobs`` spawned worker processes kept for a whole run (``None`` for ``jobs <= 1``: work in-process).
+
+    One pool serves a run's tuning and its confirmation, so each worker imports TensorFlow, Keras,
+    MLflow and Optuna and prepares the data once (about 22 s per process start on a 2-core CPU,
+    benchmarks/README.md) instead of once per stage, and takes its next task when it is free rather
+    than a fixed share. Workers are ``multiprocessing`` children of this process, so the SIGTERM
+    handler of :func:`interrupt_on_sigterm` reaches them, and ``kill -9`` of the process group ends
+    them too. On an exception or interrupt, tasks not yet started are cancelled and running ones are
+    waited for (each ends its own trial or run in order).
+    """
+    if jobs <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=initializer,
+                               initargs=initargs)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def worker_result(future: Future) -> Any:
+    """A worker task's result; its failure as ``RuntimeError`` naming the worker's exception (an error in a
+    worker is the run's failure, not a usage error of the caller), ``KeyboardInterrupt`` as it is."""
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with its type and message
+        raise RuntimeError(f"a worker process failed: {type(exc).__name__}: {exc}") from exc

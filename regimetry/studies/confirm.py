@@ -15,10 +15,9 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing as mp
-import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 from regimetry import baselines, evaluation, processes, records, run_record, tracking, training
 from regimetry.config import DataConfig, ModelConfig, TrainConfig, one_line
 from regimetry.studies import backend
-from regimetry.studies.context import WorkerContext, apply_arm_to_splits, arm_study, configure_logging, evaluation_blocks
+from regimetry.studies.context import WorkerContext, apply_arm_to_splits, arm_study, evaluation_blocks
 from regimetry.studies.spec import METRICS_OF_RECORD, REFERENCE_BASELINES, Arm, study_key, study_name
 from regimetry.studies.summary import (ArmConfirmation, ceiling_table, markdown, predictions_frame, summarize,
                                        timing)
@@ -37,15 +36,19 @@ logger = logging.getLogger("regimetry.studies")
 __all__ = ["confirm_and_summarize", "confirm_key", "confirm_tags", "log_summary", "log_test_probs"]
 
 
-def confirm_and_summarize(ctx: WorkerContext, arm_list: list[Arm], tracking_uri: str) -> dict[str, Any]:
-    """Confirm every arm's best configuration, summarise, log the summary and print its markdown."""
+def confirm_and_summarize(ctx: WorkerContext, arm_list: list[Arm], tracking_uri: str,
+                          pool: ProcessPoolExecutor | None = None) -> dict[str, Any]:
+    """Confirm every arm's best configuration, summarise, log the summary and print its markdown.
+
+    ``pool`` (:func:`regimetry.processes.worker_pool`) trains the confirmation runs in its worker
+    processes, each taking the next run when it is free; ``None`` trains them in this process."""
     blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
     plan, bests = _plan(ctx, arm_list, len(blocks))
     results, todo = _resume_confirmations(ctx, plan)
     if results:
         print(f"== {ctx.ablation.name}: resuming {len(results)} confirmation run(s) an interrupted run finished; "
               f"{len(todo)} to run", flush=True)
-    results += _run_confirmations(ctx, todo, len(plan), len(results), tracking_uri)
+    results += _run_confirmations(ctx, todo, len(plan), len(results), pool)
     confirmations = [_arm_confirmation(ctx, arm, bests[arm.name], results, len(blocks)) for arm in arm_list]
     references = _baseline_predictions(ctx, blocks)
     summary = summarize(ctx.ablation, confirmations, blocks[0].num_classes, ctx.data_config.horizon, references,
@@ -80,31 +83,19 @@ def _plan(ctx: WorkerContext, arm_list: list[Arm], n_blocks: int) -> tuple[list[
 
 
 def _run_confirmations(ctx: WorkerContext, todo: list[tuple], planned: int, resumed: int,
-                       tracking_uri: str) -> list[dict[str, Any]]:
-    """Train the runs still to do, in this process (``--jobs 1``) or in worker processes."""
+                       pool: ProcessPoolExecutor | None) -> list[dict[str, Any]]:
+    """Train the runs still to do, in this process (no pool) or in the pool's worker processes."""
     started = time.monotonic()
     results: list[dict[str, Any]] = []
-    jobs = min(ctx.options.jobs, len(todo))
-    if jobs <= 1:
+    if pool is None:
         for task in todo:
             results.append(_confirm_one(ctx, *task))
             _confirm_progress(results[-1], resumed + len(results), planned, started)
         return results
-    context = mp.get_context("spawn")
-    queue = context.Queue()
-    chunks = [todo[i::jobs] for i in range(jobs)]
-    procs = [context.Process(target=_confirm_process, args=(ctx, chunk, tracking_uri, queue)) for chunk in chunks]
-    for p in procs:
-        p.start()
-    while len(results) < len(todo):
-        try:
-            results.append(queue.get(timeout=5))
-            _confirm_progress(results[-1], resumed + len(results), planned, started)
-        except Exception:  # queue.Empty
-            if not any(p.is_alive() for p in procs) and queue.empty():
-                raise RuntimeError("a confirmation process died before finishing its runs") from None
-    for p in procs:
-        p.join()
+    futures = [pool.submit(_confirm_one, ctx, *task) for task in todo]
+    for future in as_completed(futures):
+        results.append(processes.worker_result(future))
+        _confirm_progress(results[-1], resumed + len(results), planned, started)
     return results
 
 
@@ -244,16 +235,6 @@ def _resume_confirmations(ctx: WorkerContext, plan: list[tuple]) -> tuple[list[d
                            records.RESUMED_FROM: session}, run_id=record["run_id"])
         taken[key] = _confirm_result(arm, block_index, seed + arm.seed_offset, splits, probs, record["run_id"])
     return list(taken.values()), [task for task in plan if task[-1] not in taken]
-
-
-def _confirm_process(ctx: WorkerContext, tasks, tracking_uri: str, queue) -> None:
-    """Entry point of a spawned confirmation process: its share of the runs, results into ``queue``."""
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    configure_logging()
-    processes.interrupt_on_sigterm()
-    for task in tasks:
-        queue.put(_confirm_one(ctx, *task))
-
 
 
 def _has_ceiling(config: DataConfig) -> bool:

@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 
 import numpy as np
 
 from regimetry import data as data_mod
+from regimetry import processes
 from regimetry.config import DataConfig
 from regimetry.studies import backend
 from regimetry.studies.spec import Ablation, Arm, Budget, RunOptions
 
-__all__ = ["WorkerContext", "evaluation_blocks", "apply_arm_to_splits", "arm_study", "configure_logging"]
+__all__ = ["WorkerContext", "evaluation_blocks", "apply_arm_to_splits", "arm_study", "configure_logging", "init_worker"]
 
 
 @dataclasses.dataclass
@@ -95,3 +97,11 @@ def configure_logging() -> None:
     tf_logger = logging.getLogger("tensorflow")
     if not any(isinstance(f, _DropRetracingWarnings) for f in tf_logger.filters):
         tf_logger.addFilter(_DropRetracingWarnings())
+
+
+def init_worker(tracking_uri: str) -> None:
+    """Start-up of a spawned worker process (:func:`regimetry.processes.worker_pool`): the run's MLflow
+    store, its logging, and SIGTERM as an orderly interrupt."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    configure_logging()
+    processes.interrupt_on_sigterm()

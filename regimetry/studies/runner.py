@@ -2,27 +2,27 @@
 
 :func:`run_ablation` validates everything it can before anything is written (the arms, the data, the
 Optuna storage, the MLflow store, the stored studies' identity), then opens the MLflow parent run and
-one child run per arm, runs the tuning workers (:mod:`regimetry.studies.tuning`, ``--jobs`` processes),
-requires every arm's budget to be complete, confirms (:mod:`regimetry.studies.confirm`) and renders the
-papermill report (:mod:`regimetry.reports`).
+one child run per arm and one pool of ``--jobs`` worker processes (:func:`regimetry.processes.worker_pool`)
+that serves both stages: tuning workers (:mod:`regimetry.studies.tuning`), then, once every arm's budget
+is complete, the confirmation runs (:mod:`regimetry.studies.confirm`); finally it renders the papermill
+report (:mod:`regimetry.reports`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing as mp
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
-from regimetry import records, reports, tracking
+from regimetry import processes, records, reports, tracking
 from regimetry.config import DataConfig, redact_url
 from regimetry.studies import backend
 from regimetry.studies.confirm import confirm_and_summarize
-from regimetry.studies.context import WorkerContext, evaluation_blocks
+from regimetry.studies.context import WorkerContext, evaluation_blocks, init_worker
 from regimetry.studies.spec import Ablation, Arm, Budget, ReportFailed, RunOptions, data_config, study_name, validate_arms
-from regimetry.studies.tuning import check_budget_complete, run_worker, worker_process
+from regimetry.studies.tuning import check_budget_complete, run_worker
 
 __all__ = ["run_ablation"]
 
@@ -32,19 +32,20 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
     started = time.monotonic()
     budget, config, arm_list, tracking_uri, storage_url = _validated(ablation, options)
     with tracking.run(ablation.name, run_name=f"{ablation.name} ({options.stage})",
-                      tags=_parent_tags(ablation, options, config, arm_list, storage_url)) as parent:
+                      tags=_parent_tags(ablation, options, config, arm_list, storage_url)) as parent, \
+            processes.worker_pool(options.jobs, init_worker, (tracking_uri,)) as pool:
         ctx = _open_session(ablation, options, budget, config, arm_list, parent.run_id)
         names = [a.name for a in arm_list]
         if options.stage in ("all", "tune"):
             print(f"== {ablation.name}: tuning {len(arm_list)} arms x {budget.trials_per_arm} trials "
                   f"(storage {redact_url(storage_url)}, {options.jobs} process(es))", flush=True)
-            _run_parallel(options.jobs, worker_process, [(ctx, names, tracking_uri)] * options.jobs, ctx, names)
+            _tune(pool, options.jobs, ctx, names)
         if options.stage == "tune":
             return {}
         check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
         print(f"== {ablation.name}: confirming best configurations ({budget.folds} blocks x {budget.seeds} seeds)",
               flush=True)
-        summary = confirm_and_summarize(ctx, arm_list, tracking_uri)
+        summary = confirm_and_summarize(ctx, arm_list, tracking_uri, pool)
         for arm_run_id in ctx.arm_run_ids.values():  # an arm's run spans its trials and confirmation runs
             tracking.extend_end_time(arm_run_id)
         tracking.set_tags({records.WALL_SECONDS: f"{time.monotonic() - started:.0f}"})
@@ -141,21 +142,10 @@ def _render_report(ablation: Ablation, options: RunOptions, summary: dict[str, A
     return None
 
 
-def _run_parallel(jobs: int, target: Callable, args_list, ctx: WorkerContext, names) -> None:
-    if jobs <= 1:
+def _tune(pool, jobs: int, ctx: WorkerContext, names: list[str]) -> None:
+    """Every worker of the pool claims and runs trials until no slot is left (in-process without a pool)."""
+    if pool is None:
         run_worker(ctx, names)
         return
-    context = mp.get_context("spawn")
-    procs = [context.Process(target=target, args=args) for args in args_list]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs:
-            p.join(timeout=30)
-        raise
-    failed = [p.exitcode for p in procs if p.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"{len(failed)} worker process(es) exited with codes {failed}")
+    for future in [pool.submit(run_worker, ctx, names) for _ in range(jobs)]:
+        processes.worker_result(future)

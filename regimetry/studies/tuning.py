@@ -14,19 +14,18 @@ import datetime
 import json
 import logging
 import math
-import os
 from typing import Any, Mapping, Sequence
 
 from regimetry import processes, records, run_record, tracking, training
 from regimetry.config import TrainConfig
 from regimetry.studies import backend
-from regimetry.studies.context import WorkerContext, apply_arm_to_splits, arm_study, configure_logging, evaluation_blocks
+from regimetry.studies.context import WorkerContext, apply_arm_to_splits, arm_study, evaluation_blocks
 from regimetry.studies.spec import Arm, Budget, BudgetIncomplete
 from regimetry.studies.summary import timing
 
 logger = logging.getLogger("regimetry.studies")
 
-__all__ = ["run_worker", "worker_process", "check_budget_complete"]
+__all__ = ["run_worker", "check_budget_complete"]
 
 
 def run_worker(ctx: WorkerContext, arm_names: Sequence[str] | None = None) -> None:
@@ -55,14 +54,6 @@ def run_worker(ctx: WorkerContext, arm_names: Sequence[str] | None = None) -> No
                 if trial is not None:
                     _hand_back(study, trial)
                 raise
-
-
-def worker_process(ctx: WorkerContext, arm_names, tracking_uri: str) -> None:
-    """Entry point of a spawned tuning process."""
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    configure_logging()
-    processes.interrupt_on_sigterm()
-    run_worker(ctx, arm_names)
 
 
 def _run_trial(ctx: WorkerContext, study, trial, arm: Arm, splits) -> None:
