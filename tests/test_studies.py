@@ -572,3 +572,16 @@ def test_a_storage_whose_driver_is_missing_says_how_to_install_it():
     """New-user check: Optuna's "Please install appropriate one." named no package."""
     with pytest.raises(ValueError, match=r"--storage 'mysql://u:\*\*\*@127.0.0.1/x'.*driver is not installed.*psycopg"):
         studies.resolve_storage("mysql://u:pw@127.0.0.1/x")
+
+
+def test_rerunning_a_finished_ablation_says_that_it_trains_the_confirmation_again(tmp_path, capsys):
+    """Fresh-user finding: a second run of a finished ablation silently retrained every confirmation run."""
+    ablation = _tiny()
+    args = _args(tmp_path, "--trials", "1", "--folds", "1", "--max-epochs", "1")
+    assert studies.main(ablation, args) == 0
+    assert "already confirmed" not in capsys.readouterr().out
+    assert studies.main(ablation, args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"a finished session \(MLflow run \w+\) already confirmed all \d+ runs of this plan; "
+                     r"training them again", out), out[-2000:]
+    assert "python -m regimetry.reports tiny_ablation" in out

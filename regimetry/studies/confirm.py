@@ -195,7 +195,9 @@ def _resume_confirmations(ctx: WorkerContext, plan: list[tuple]) -> tuple[list[d
     :func:`regimetry.tracking.end_orphaned_runs` ended just before. It moves under this session's arm
     run (``mlflow.parentRunId``, :data:`regimetry.records.SESSION_TAG`; ``resumed_from`` names the old session), so each
     session holds exactly its blocks x seeds runs per arm and no confirmation run is duplicated. Runs of
-    FINISHED sessions are never taken (a finished result stays its own), nor those of live sessions.
+    FINISHED sessions are never taken (a finished result stays its own), nor those of live sessions;
+    when a finished session already holds every planned run, a notice says that this session trains
+    them again and how to read the results without training.
 
     Returns:
         ``(results of the runs taken over, the tasks still to run)``.
@@ -209,6 +211,7 @@ def _resume_confirmations(ctx: WorkerContext, plan: list[tuple]) -> tuple[list[d
     blocks = evaluation_blocks(ctx.data_config, ctx.options, ctx.budget)
     sessions: dict[str, str | None] = {}
     taken: dict[str, dict[str, Any]] = {}
+    finished: dict[str, set] = {}  # FINISHED session -> planned keys it already confirmed
     for record in runs.to_dict("records"):
         key, session = record.get(column), record.get(records.tag_column(records.SESSION_TAG))
         if key not in wanted or key in taken or not isinstance(session, str) or session == ctx.parent_run_id:
@@ -218,6 +221,8 @@ def _resume_confirmations(ctx: WorkerContext, plan: list[tuple]) -> tuple[list[d
                 sessions[session] = tracking.run_status(session)
             except Exception:  # noqa: BLE001 - a deleted session: its runs are not taken
                 sessions[session] = None
+        if sessions[session] == "FINISHED":
+            finished.setdefault(session, set()).add(key)
         if sessions[session] not in ("KILLED", "FAILED"):
             continue
         arm_name, block_index, seed = wanted[key][:3]
@@ -234,6 +239,12 @@ def _resume_confirmations(ctx: WorkerContext, plan: list[tuple]) -> tuple[list[d
         tracking.set_tags({records.PARENT_RUN: ctx.arm_run_ids[arm_name], records.SESSION_TAG: ctx.parent_run_id,
                            records.RESUMED_FROM: session}, run_id=record["run_id"])
         taken[key] = _confirm_result(arm, block_index, seed + arm.seed_offset, splits, probs, record["run_id"])
+    done_before = max(finished.items(), key=lambda item: len(item[1]), default=None)
+    if done_before and len(done_before[1]) == len(wanted):
+        print(f"== {ctx.ablation.name}: a finished session (MLflow run {done_before[0]}) already confirmed all "
+              f"{len(wanted)} runs of this plan; training them again as a new session (same seed and data: "
+              f"the same numbers). To read the results without training: python -m regimetry.reports "
+              f"{ctx.ablation.name}", flush=True)
     return list(taken.values()), [task for task in plan if task[-1] not in taken]
 
 
