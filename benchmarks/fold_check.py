@@ -40,8 +40,10 @@ FEATURE_SETS = {
     "har_only": ("log_rv_1", "log_rv_5", "log_rv_22"),
     # the default inputs plus range-based (Parkinson) log volatility at the HAR lags and momentum
     # (the leverage effect's sign): candidates for the shortcut, chosen on the tuning period only
-    "default_pk3": DEFAULT_FEATURES + ("log_parkinson_1", "log_parkinson_5", "log_parkinson_22"),
-    "default_pk": DEFAULT_FEATURES + ("log_parkinson_1", "log_parkinson_5", "log_parkinson_22", "mom_5", "mom_22"),
+    # (since git 037bd7d DEFAULT_FEATURES holds the log_parkinson lags itself: dict.fromkeys drops repeats)
+    "default_pk3": tuple(dict.fromkeys(DEFAULT_FEATURES + ("log_parkinson_1", "log_parkinson_5", "log_parkinson_22"))),
+    "default_pk": tuple(dict.fromkeys(DEFAULT_FEATURES + ("log_parkinson_1", "log_parkinson_5", "log_parkinson_22",
+                                                         "mom_5", "mom_22"))),
 }
 
 

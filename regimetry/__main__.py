@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
             "  python -m regimetry train --set data.source=synthetic --set train.max_epochs=5\n"
             "  python -m regimetry train --config configs/single_run.yaml --set model.pooling=cls\n"
             "config sections: data (DataConfig), model (ModelConfig), train (TrainConfig);\n"
-            "see regimetry/config.py for every field."
+            "see the regimetry/config/ package for every field."
         ),
     )
     train.add_argument("--config", metavar="FILE", help="YAML file with data:/model:/train: sections")

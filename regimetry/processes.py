@@ -21,7 +21,8 @@ import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterator, Mapping
 
-__all__ = ["owner", "owner_is_dead", "interrupt_on_sigterm", "signals_deferred", "worker_pool", "worker_result"]
+__all__ = ["owner", "owner_is_dead", "interrupt_on_sigterm", "signals_deferred", "worker_pool", "worker_result",
+           "submit", "worker_signals"]
 
 
 def _start_time(pid: int) -> str | None:
@@ -131,6 +132,48 @@ def worker_pool(jobs: int, initializer: Callable[..., None], initargs: tuple = (
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+_INTERRUPTED = False  # set in a worker process once it was interrupted (in a task or idle)
+_IN_TASK = False
+
+
+def worker_signals() -> None:
+    """In a pool worker: SIGINT and SIGTERM interrupt the running task (``KeyboardInterrupt``, so it
+    gives its trial back or ends its MLflow run KILLED) and, when the worker is idle, only mark it
+    interrupted, so it neither dies with a traceback between tasks nor starts another one."""
+    def handler(signum, _frame):
+        global _INTERRUPTED
+        _INTERRUPTED = True
+        if _IN_TASK:
+            raise KeyboardInterrupt(f"interrupted by signal {signum}")
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one pool task; once this worker was interrupted, refuse every later task at once.
+
+    Ctrl-C reaches every process of the group: the running tasks end, but the pool has already handed
+    each worker its next task, which must not start training after the interrupt.
+    """
+    global _INTERRUPTED, _IN_TASK
+    if _INTERRUPTED:
+        raise KeyboardInterrupt("interrupted before this task started")
+    _IN_TASK = True
+    try:
+        return fn(*args)
+    except KeyboardInterrupt:
+        _INTERRUPTED = True
+        raise
+    finally:
+        _IN_TASK = False
+
+
+def submit(pool: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
+    """``pool.submit(fn, *args)`` such that no task starts in a worker after one of its tasks was interrupted."""
+    return pool.submit(_guarded, fn, *args)
 
 
 def worker_result(future: Future) -> Any:

@@ -524,3 +524,12 @@ def test_a_missing_storage_is_refused_by_readers_and_not_created(tmp_path, monke
     assert reports_cli.main([EXPERIMENT, "--tracking-uri", uri, "--storage", f"sqlite:///{missing}",
                              "--no-log", "--output-dir", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "typo").exists()
+    # an existing file that is not an Optuna storage (empty; another program's database, here MLflow's)
+    # is refused and left byte for byte as it was (fresh-user check: Optuna created its tables in it)
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path, why in ((empty, "no Optuna tables; it is empty"), (tmp_path / "mlflow.db", "no Optuna tables")):
+        before = path.read_bytes()
+        with pytest.raises(ValueError, match=f"is not an Optuna storage \\({why}"):
+            render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False, storage=f"sqlite:///{path}")
+        assert path.read_bytes() == before

@@ -584,4 +584,42 @@ def test_rerunning_a_finished_ablation_says_that_it_trains_the_confirmation_agai
     out = capsys.readouterr().out
     assert re.search(r"a finished session \(MLflow run \w+\) already confirmed all \d+ runs of this plan; "
                      r"training them again", out), out[-2000:]
-    assert "python -m regimetry.reports tiny_ablation" in out
+    assert "python -m regimetry.reports tiny_ablation --tracking-uri sqlite:///" in out
+
+
+def test_a_pool_worker_starts_no_task_after_an_interrupt(monkeypatch):
+    """Fresh-user finding: after Ctrl-C with --jobs 2 the pool's workers went on to train the confirmation
+    runs already handed to them (56 s, three new FINISHED runs). Once interrupted, in a task or idle, a
+    worker refuses every later task without running it."""
+    import signal
+
+    from regimetry import processes
+
+    monkeypatch.setattr(processes, "_INTERRUPTED", False)
+    ran = []
+
+    def interrupted_task():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        processes._guarded(interrupted_task)
+    with pytest.raises(KeyboardInterrupt, match="before this task started"):
+        processes._guarded(ran.append, "next task")
+    assert ran == []
+
+    # a signal while idle only marks the worker; a signal inside a task interrupts it
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        processes.worker_signals()
+        monkeypatch.setattr(processes, "_INTERRUPTED", False)
+        signal.raise_signal(signal.SIGINT)  # idle: no exception here
+        assert processes._INTERRUPTED
+        with pytest.raises(KeyboardInterrupt, match="before this task started"):
+            processes._guarded(ran.append, "after an idle interrupt")
+        monkeypatch.setattr(processes, "_INTERRUPTED", False)
+        with pytest.raises(KeyboardInterrupt, match="interrupted by signal"):
+            processes._guarded(signal.raise_signal, signal.SIGTERM)
+        assert ran == [] and processes._INTERRUPTED and not processes._IN_TASK
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

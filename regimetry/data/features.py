@@ -31,7 +31,9 @@ name                   definition                                               
                        about five times as efficient an estimator of the day's variance as
                        the squared close-to-close return (Parkinson 1980), which is why
                        HAR models on range-based volatility tend to forecast better
-                       (Martens & van Dijk 2007; Christensen & Podolskij 2007)
+                       (Martens & van Dijk 2007; Christensen & Podolskij 2007). A flat
+                       window (high == low on all n bars, e.g. a halted or stale quote)
+                       gives the floor, log(1e-4) = -9.21, far below real values (about -2)
 =====================  ================================================================  ==========
 
 Why log levels: the regime label is a *level* of volatility. A model on standardised ``rv_<n>``
@@ -73,7 +75,7 @@ FIXED_FEATURES = (
     "volume_z",
 )
 _PATTERNS = {"rv": 2, "mom": 1, "volume_z": 2, "log_rv": 1, "log_parkinson": 1}  # prefix -> minimum n
-_PATTERN_RE = re.compile(r"^(log_rv|log_parkinson|rv|mom|volume_z)_(\d+)$")
+_PATTERN_RE = re.compile(r"^(log_rv|log_parkinson|rv|mom|volume_z)_([1-9]\d*)$")  # no leading zeros: one name per n
 LOG_RV_FLOOR = 1e-4  # annualised vol fraction; the same floor as regimetry.baselines.har_features
 _NEEDS = {
     "log_return": ("log_return",),

@@ -14,8 +14,10 @@ heartbeats (:class:`Heartbeat`); a re-run retries the trials of a dead owner at 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 import warnings
@@ -95,7 +97,7 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
         db_path = storage_file(url)
         if db_path.is_dir():
             raise ValueError(f"--storage {shown!r}: {db_path} is a directory; expected a SQLite file path")
-        _refuse_missing(db_path, shown, read_only)
+        _refuse_missing(db_path, shown, read_only, sqlite=True)
         _make_parent(db_path, shown)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     # Several processes opening a new database at once race to create its schema (one of them gets
@@ -157,11 +159,24 @@ class _SQLiteStorage(optuna.storages.RDBStorage):
         _begin_immediate(self.engine)
 
 
-def _refuse_missing(path: Path, shown: str, read_only: bool) -> None:
-    """A reader must not create the storage it was asked to read (an empty store reads as 'no studies')."""
-    if read_only and not path.is_file():
+def _refuse_missing(path: Path, shown: str, read_only: bool, sqlite: bool = False) -> None:
+    """A reader must not create or alter the storage it was asked to read: a missing file, or a SQLite
+    file without Optuna's tables (an empty file, another program's database), is refused, because
+    opening it through Optuna would create its schema there and read as 'no studies'."""
+    if not read_only:
+        return
+    if not path.is_file():
         raise ValueError(f"--storage {shown!r}: no Optuna storage at {path.resolve()} (the file does not exist); "
                          "pass the --storage the experiment ran with")
+    if sqlite:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as connection:
+                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"--storage {shown!r}: {path.resolve()} is not a SQLite database ({exc})") from None
+        if not {"studies", "trials", "version_info"} <= tables:
+            raise ValueError(f"--storage {shown!r}: {path.resolve()} is not an Optuna storage (no Optuna tables"
+                             f"{'; it is empty' if not tables else ''}); pass the --storage the experiment ran with")
 
 
 def _make_parent(path: Path, shown: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from regimetry import baselines, evaluation, processes, records, run_record, tracking, training
-from regimetry.config import DataConfig, ModelConfig, TrainConfig, one_line
+from regimetry.config import DataConfig, ModelConfig, TrainConfig, one_line, redact_url
 from regimetry.studies import backend
 from regimetry.studies.context import WorkerContext, apply_arm_to_splits, arm_study, evaluation_blocks
 from regimetry.studies.spec import METRICS_OF_RECORD, REFERENCE_BASELINES, Arm, study_key, study_name
@@ -92,7 +92,7 @@ def _run_confirmations(ctx: WorkerContext, todo: list[tuple], planned: int, resu
             results.append(_confirm_one(ctx, *task))
             _confirm_progress(results[-1], resumed + len(results), planned, started)
         return results
-    futures = [pool.submit(_confirm_one, ctx, *task) for task in todo]
+    futures = [processes.submit(pool, _confirm_one, ctx, *task) for task in todo]
     for future in as_completed(futures):
         results.append(processes.worker_result(future))
         _confirm_progress(results[-1], resumed + len(results), planned, started)
@@ -244,8 +244,13 @@ def _resume_confirmations(ctx: WorkerContext, plan: list[tuple]) -> tuple[list[d
         print(f"== {ctx.ablation.name}: a finished session (MLflow run {done_before[0]}) already confirmed all "
               f"{len(wanted)} runs of this plan; training them again as a new session (same seed and data: "
               f"the same numbers). To read the results without training: python -m regimetry.reports "
-              f"{ctx.ablation.name}", flush=True)
+              f"{ctx.ablation.name}{_tracking_option(ctx)}", flush=True)
     return list(taken.values()), [task for task in plan if task[-1] not in taken]
+
+
+def _tracking_option(ctx: WorkerContext) -> str:
+    """`` --tracking-uri URI`` (password masked) when the run was given one, for a command to print."""
+    return f" --tracking-uri {redact_url(ctx.options.tracking_uri)}" if ctx.options.tracking_uri else ""
 
 
 def _has_ceiling(config: DataConfig) -> bool:

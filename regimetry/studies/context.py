@@ -101,7 +101,8 @@ def configure_logging() -> None:
 
 def init_worker(tracking_uri: str) -> None:
     """Start-up of a spawned worker process (:func:`regimetry.processes.worker_pool`): the run's MLflow
-    store, its logging, and SIGTERM as an orderly interrupt."""
+    store, its logging, and SIGINT/SIGTERM as an orderly interrupt of the running task
+    (:func:`regimetry.processes.worker_signals`)."""
+    processes.worker_signals()
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     configure_logging()
-    processes.interrupt_on_sigterm()

@@ -147,5 +147,5 @@ def _tune(pool, jobs: int, ctx: WorkerContext, names: list[str]) -> None:
     if pool is None:
         run_worker(ctx, names)
         return
-    for future in [pool.submit(run_worker, ctx, names) for _ in range(jobs)]:
+    for future in [processes.submit(pool, run_worker, ctx, names) for _ in range(jobs)]:
         processes.worker_result(future)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -235,6 +236,8 @@ def download_artifacts(run_id: str, path: str, tracking_uri: str | None = None, 
         OSError / MlflowException: no such artifact (message names the run and path).
     """
     configure(tracking_uri)
+    # no "Downloading artifacts" progress bar per file in the harness's output (MLflow's own switch)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return _retry(lambda: mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=dst_path))
 
 
