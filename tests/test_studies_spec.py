@@ -6,7 +6,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 
 from regimetry import studies
@@ -98,3 +100,17 @@ def test_shortcut_features_the_data_lacks_keep_the_present_ones_or_fall_back_to_
     assert part[0].shortcut_features == ("log_rv_1", "log_rv_5", "log_rv_22")
     none = ablation.resolve(arm, {}, TINY_BUDGET, 0, feature_names=["log_return", "abs_return"])
     assert none[0].shortcut_features == ()
+
+
+def test_the_ceiling_table_does_not_depend_on_the_order_runs_finish():
+    from regimetry.studies.summary import ceiling_table
+
+    ceiling = {"accuracy": 0.8, "balanced_accuracy": 0.75}
+    y = np.array([0, 1, 1, 0])
+    results = [{"arm": arm, "fold": fold, "seed": seed, "ceiling": ceiling, "y_true": y,
+                "probs": np.eye(2)[(y + seed + fold) % 2]}
+               for arm in ("b", "a") for fold in (1, 0) for seed in (1, 0)]
+    table = ceiling_table(results, blocks=None)
+    again = ceiling_table(results[::-1], blocks=None)
+    pd.testing.assert_frame_equal(table, again)
+    assert list(table["arm"]) == ["a"] * 4 + ["b"] * 4 and list(table["path"][:4]) == [0, 0, 1, 1]

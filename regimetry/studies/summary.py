@@ -230,7 +230,9 @@ def ceiling_table(results, blocks) -> pd.DataFrame:
         rows.append({"arm": r["arm"], "path": r["fold"], "seed": r["seed"], "accuracy": acc,
                      "ceiling_accuracy": ceiling["accuracy"], "fraction_of_ceiling": acc / ceiling["accuracy"],
                      "ceiling_balanced_accuracy": ceiling["balanced_accuracy"]})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    # results arrive in completion order (worker processes); the table must not depend on it
+    return frame.sort_values(["arm", "path", "seed"], ignore_index=True) if rows else frame
 
 
 def control_checks(summary: Mapping[str, Any], task: str, copy_arm: str) -> pd.DataFrame:
