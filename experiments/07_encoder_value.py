@@ -2,8 +2,9 @@
 
 Question: the classifier's linear shortcut (``ModelConfig.linear_shortcut``) is a multinomial logistic
 regression on the window's last step, which with log realized-volatility inputs is a HAR-RV-like model
-(Corsi 2009; here on the HAR lags of close-to-close and of range-based volatility). Does the Transformer encoder on the whole window add predictive power on top of it, and
-does it do better alone or as a residual over the shortcut (HARNet, Reisenhofer et al. 2022)?
+(Corsi 2009; here on the HAR lags of close-to-close and of range-based volatility). Does the
+Transformer encoder on the whole window add predictive power on top of it, and does it do better
+alone or as a residual over the shortcut (HARNet, Reisenhofer et al. 2022)?
 
 - Scientific hyperparameter (the arms): the model's parts --
   ``shortcut_only`` (``use_encoder=False``: the linear map of the last step's HAR lags alone, trained
