@@ -50,6 +50,8 @@ OPTUNA_TRIAL = "optuna_trial"
 OPTUNA_STATE = "optuna_state"
 ERROR = "error"
 INTERRUPTED = "interrupted"
+#: A trial run handed back because a lower budget slot that its pruning compares with had to run first.
+YIELDED = "yielded"
 #: MLflow's own tag naming a run's parent run.
 PARENT_RUN = "mlflow.parentRunId"
 #: Tags of a confirmation run that let a re-run resume an interrupted confirmation (issue 14): what

@@ -310,6 +310,101 @@ def test_jobs_1_and_jobs_2_give_the_same_trials_parameters_and_metrics(tmp_path)
     assert [p for _, p, _, _ in results[1]["mean"]] == [p for _, p, _, _ in results[1]["last"]]
 
 
+def _slot_study(tmp_path, trials=4, startup=1):
+    storage = studies.resolve_storage(f"sqlite:///{tmp_path}/slots.db")
+    budget = Budget(trials_per_arm=trials, pruner_startup_trials=startup, pruner_warmup_epochs=0)
+    return studies.ensure_study(storage, "x/a", budget, seed=0, space=TINY_SPACE)
+
+
+def _slot_of(trial) -> int:
+    return trial.study._storage.get_trial(trial._trial_id).user_attrs["slot"]
+
+
+def test_pruning_compares_a_slot_with_the_lower_slots_at_the_same_epoch_whatever_their_fate(tmp_path):
+    """Issue 14: pruning must not depend on which trials happen to be COMPLETE when a trial asks (with
+    several workers that is timing). Slot i at epoch k is compared with slots 0..i-1 at epoch k, a
+    lower slot that was later pruned included; Optuna's MedianPruner would prune this trial."""
+    study = _slot_study(tmp_path)
+    t0, t1, t2 = (backend.claim_waiting_trial(study) for _ in range(3))
+    assert [_slot_of(t) for t in (t0, t1, t2)] == [0, 1, 2]
+    for trial, curve in ((t0, [0.5, 0.6]), (t1, [0.7, 0.8])):
+        for epoch, value in enumerate(curve):
+            trial.report(value, epoch)
+    backend.finish_trial(study, t0, "PRUNED")
+    backend.finish_trial(study, t1, "COMPLETE", 0.8)
+    t2.report(0.65, 0)
+    assert not t2.should_prune()  # median of slots 0, 1 at epoch 0 is .60; Optuna's (COMPLETE only) .70
+    assert optuna.pruners.MedianPruner(n_startup_trials=1).prune(study, study._storage.get_trial(t2._trial_id))
+    t2.report(0.65, 1)
+    assert t2.should_prune()  # best so far .65 < median(.6, .8) = .70
+
+
+def test_pruning_waits_for_a_running_lower_slot_and_decides_as_a_single_worker_would(tmp_path):
+    """Issue 14: with two workers, slot 2 may reach epoch 0 before slot 1 does; it waits for slot 1's
+    value instead of deciding on whatever has finished, so --jobs 1 and --jobs 2 prune alike."""
+    import threading
+    import time
+
+    study = _slot_study(tmp_path)
+    t0, t1, t2 = (backend.claim_waiting_trial(study) for _ in range(3))
+    t0.report(0.6, 0)
+    backend.finish_trial(study, t0, "COMPLETE", 0.6)
+    t2.report(0.62, 0)
+    other_worker = threading.Thread(target=lambda: (time.sleep(0.6), t1.report(0.9, 0)))
+    other_worker.start()
+    started = time.monotonic()
+    decision = t2.should_prune()  # alone (slot 0 only) .62 > .60 would not prune; with slot 1: median .75
+    waited = time.monotonic() - started
+    other_worker.join()
+    assert decision is True and waited >= 0.5
+
+
+def test_a_lower_slot_waiting_for_a_worker_makes_the_trial_yield_and_is_claimed_first(tmp_path):
+    """Issue 14: after a crash or Ctrl-C a slot's retry is WAITING; a higher slot whose pruning needs it
+    gives its own slot back (SlotYield) instead of deadlocking a single worker, and the lowest slot is
+    claimed first."""
+    study = _slot_study(tmp_path)
+    t0, t1 = backend.claim_waiting_trial(study), backend.claim_waiting_trial(study)
+    assert backend.hand_back(study, t0)  # slot 0 interrupted: its retry waits
+    t1.report(0.5, 0)
+    with pytest.raises(backend.SlotYield, match="slot 0"):
+        t1.should_prune()
+    assert backend.hand_back(study, t1)
+    assert [_slot_of(backend.claim_waiting_trial(study)) for _ in range(4)] == [0, 1, 2, 3]
+
+
+def test_best_trial_ties_go_to_the_lowest_slot_not_the_storage_order(tmp_path):
+    study = _slot_study(tmp_path, trials=3)
+    trials = [backend.claim_waiting_trial(study) for _ in range(3)]
+    for trial, value in zip(reversed(trials), (0.7, 0.7, 0.5)):  # slots 2 and 1 tie at the top
+        backend.finish_trial(study, trial, "COMPLETE", value)
+    assert backend.best_trial(study).user_attrs["slot"] == 1
+
+
+def test_a_yielding_trial_is_handed_back_and_the_budget_still_finishes(tmp_path, monkeypatch):
+    """The tuning loop gives a yielding trial's slot back (MLflow run KILLED, tagged ``yielded``) and goes
+    on: the budget reads n/n, nothing FAIL or RUNNING."""
+    from regimetry.studies import tuning
+
+    real = tuning._fit_trial
+    calls = {"n": 0}
+
+    def yielding_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise backend.SlotYield("slot 0 (trial 9) waits for a worker")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "_fit_trial", yielding_once)
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--arms", "mean", "--trials", "2")) == 0
+    counts = studies.budget_counts(_study(tmp_path, "tiny_ablation/mean"))
+    assert counts["COMPLETE"] + counts["PRUNED"] == 2 and counts["FAIL"] == 0 and counts["INTERRUPTED"] == 1, counts
+    assert counts["WAITING"] == counts["RUNNING"] == 0
+    runs = _runs(tmp_path, "tiny_ablation")
+    yielded = runs[runs["tags.yielded"].notna()] if "tags.yielded" in runs else runs.iloc[0:0]
+    assert list(yielded["status"]) == ["KILLED"] and "RUNNING" not in set(runs["status"])
+
+
 def test_summary_flags_a_one_class_block_beside_the_verdicts():
     """Issue 16: a one-class test block (the first round's 2004-2006) is named wherever verdicts appear."""
     import numpy as np

@@ -7,7 +7,9 @@ Learning Tuning Playbook"):
 
 1. **Tuning.** Each arm gets its own study, named ``<experiment>/<arm>``, with the same sampler
    (quasi-random Sobol points, scrambled with the same seed: :class:`optuna.samplers.QMCSampler`),
-   the same number of trials and the same median pruner. Quasi-random search is the fair default for
+   the same number of trials and the same median pruner (slot-ordered: trial ``i`` is compared with
+   trials ``0 .. i-1`` at the same epoch, so pruning does not depend on the number of workers or
+   their timing; :class:`~regimetry.studies.backend.SlotOrderedMedianPruner`). Quasi-random search is the fair default for
    comparisons: it explores the nuisance space evenly and, with one seed, proposes the *same* nuisance
    configurations to every arm (a paired design), whereas an adaptive sampler would spend each arm's
    budget differently. Tuning uses the earliest walk-forward fold only (its train and validation

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna import TrialPruned
@@ -217,9 +218,95 @@ def draw_configurations(space: SearchSpace, n: int, seed: int) -> list[dict[str,
 
 
 def _pruner(budget: Budget) -> optuna.pruners.BasePruner:
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=budget.pruner_startup_trials, n_warmup_steps=budget.pruner_warmup_epochs
-    )
+    return SlotOrderedMedianPruner(n_startup_trials=budget.pruner_startup_trials,
+                                   n_warmup_steps=budget.pruner_warmup_epochs)
+
+
+class SlotYield(Exception):
+    """A lower budget slot whose value this trial's pruning decision needs is WAITING for a worker: the
+    trial gives its slot back (:func:`hand_back`) so that its worker runs the lower slot first."""
+
+
+class SlotOrderedMedianPruner(optuna.pruners.BasePruner):
+    """Median pruning whose decisions do not depend on the number of workers, their timing or a resume.
+
+    Optuna's ``MedianPruner`` compares a trial with the trials that are COMPLETE at the moment it asks,
+    so with several workers whether a trial is pruned depends on which others happened to finish
+    first (and so do the budget's scores and the best trial). Here the trial of budget slot ``i``
+    (:func:`ensure_study`) at epoch ``k`` is compared only with the trials of slots ``0 .. i-1``, each
+    with its value at epoch ``k`` whatever its later fate (the rule of successive halving, Jamieson &
+    Talwalkar 2016, where every trial that reached a rung counts); a lower slot that is still running
+    below epoch ``k`` is waited for (it was claimed earlier, :func:`claim_waiting_trial`). Trials are
+    deterministic functions of their slot's configuration and the seed, so every decision is the same
+    with ``--jobs 1``, ``--jobs N`` and after a crash.
+
+    Rule (Optuna's median rule otherwise): slots ``< n_startup_trials`` and epochs ``< n_warmup_steps``
+    are never pruned; else a trial is pruned when its best value so far is worse (by the study's
+    direction) than the median of the lower slots' values at this epoch (NaN values ignored; a NaN
+    best value is pruned), and not pruned when no lower slot reached this epoch.
+
+    Raises (from :meth:`prune`):
+        SlotYield: a lower slot needed here is WAITING (its trial was retried after an interrupt or a
+            crash): run it first.
+    """
+
+    def __init__(self, n_startup_trials: int = 5, n_warmup_steps: int = 0, poll_seconds: float = 0.2,
+                 recover_every: float = 5.0) -> None:
+        self._n_startup_trials = n_startup_trials
+        self._n_warmup_steps = n_warmup_steps
+        self._poll = poll_seconds
+        self._recover_every = recover_every
+        self._fallback = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials,
+                                                     n_warmup_steps=n_warmup_steps)
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        slot = trial.user_attrs.get(records.SLOT_ATTR)
+        if slot is None:  # a trial not enqueued by the harness (e.g. study.optimize): Optuna's rule
+            return self._fallback.prune(study, trial)
+        step = trial.last_step
+        if step is None or slot < self._n_startup_trials or step < self._n_warmup_steps:
+            return False
+        values = np.asarray(list(trial.intermediate_values.values()), dtype=float)
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        best = np.nanmax(values) if maximize else np.nanmin(values)
+        if np.isnan(best):
+            return True
+        peers = [v for v in self._lower_slot_values(study, slot, step) if not np.isnan(v)]
+        if not peers:
+            return False
+        median = float(np.median(peers))
+        return bool(best < median) if maximize else bool(best > median)
+
+    def _lower_slot_values(self, study: optuna.Study, slot: int, step: int) -> list[float]:
+        """The values at ``step`` of the current trial of every slot below ``slot``, waiting for those
+        still running below ``step``."""
+        last_recovery = time.monotonic()
+        waited_since, announced = time.monotonic(), False
+        while True:
+            current: dict[int, optuna.trial.FrozenTrial] = {}
+            for t in study.get_trials(deepcopy=False):
+                s = t.user_attrs.get(records.SLOT_ATTR)
+                if s is not None and s < slot and (s not in current or t.number > current[s].number):
+                    current[s] = t  # the highest number is the slot's latest retry
+            values, pending = [], []
+            for s, t in sorted(current.items()):
+                if step in t.intermediate_values:
+                    values.append(float(t.intermediate_values[step]))
+                elif t.state == TrialState.WAITING:
+                    raise SlotYield(f"slot {s} (trial {t.number}) waits for a worker")
+                elif not t.state.is_finished():
+                    pending.append(s)  # RUNNING below this epoch; a finished trial ended before it
+            if not pending:
+                return values
+            if time.monotonic() - last_recovery > self._recover_every:
+                recover_orphaned_trials(study)  # a lower slot's owner may be dead: its retry waits
+                fail_stale_trials(study)
+                last_recovery = time.monotonic()
+            if not announced and time.monotonic() - waited_since > 60:
+                logger.info("%s slot %d: waiting for slot(s) %s to reach epoch %d (pruning compares with them)",
+                            study.study_name, slot, pending, step)
+                announced = True
+            time.sleep(self._poll)
 
 
 # ================================================================================================
@@ -312,10 +399,14 @@ def _enqueue_slots(study: optuna.Study, space: SearchSpace | None, seed: int, st
 
 
 def claim_waiting_trial(study: optuna.Study) -> optuna.Trial | None:
-    """Atomically move one WAITING trial to RUNNING (storage check-and-set) and record its owner
-    process (:mod:`regimetry.processes`); ``None`` when none is left."""
+    """Atomically move the WAITING trial of the lowest budget slot to RUNNING (storage check-and-set)
+    and record its owner process (:mod:`regimetry.processes`); ``None`` when none is left."""
     storage = study._storage
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    # Lowest budget slot first (a retry before later slots), so that a trial's pruning never waits
+    # for a lower slot nobody has claimed (SlotOrderedMedianPruner).
+    waiting.sort(key=lambda t: (t.user_attrs.get(records.SLOT_ATTR, float("inf")), t.number))
+    for frozen in waiting:
         try:
             if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
                 storage.set_trial_system_attr(frozen._trial_id, OWNER_ATTR, processes.owner())
@@ -517,7 +608,10 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
         raise NoCompleteTrial(f"study {study.study_name!r} has no COMPLETE trial to confirm (all pruned or failed; "
                               "the trials' MLflow runs hold their errors): re-run with a larger --trials, or "
                               "delete the study to start over")
-    return study.best_trial
+    # Ties (balanced accuracy on a small block ties often) go to the lowest budget slot, not to whichever
+    # trial the storage lists first: the choice must not depend on claim order or retries.
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    return min(completed, key=lambda t: (-sign * t.value, t.user_attrs.get(records.SLOT_ATTR, float("inf")), t.number))
 
 
 def quiet_logging() -> None:

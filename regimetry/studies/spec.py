@@ -224,7 +224,10 @@ class Budget:
         patience: early-stopping patience (epochs).
         seeds: confirmation seeds per fold.
         folds: walk-forward folds used for confirmation (the first one is also the tuning fold).
-        pruner_startup_trials / pruner_warmup_epochs: median pruner settings (identical per arm).
+        pruner_startup_trials / pruner_warmup_epochs: median pruner settings (identical per arm): the
+            first ``pruner_startup_trials`` budget slots and the first ``pruner_warmup_epochs`` epochs
+            are never pruned; later slots are compared with the lower slots at the same epoch
+            (``regimetry.studies.backend.SlotOrderedMedianPruner``, independent of ``--jobs``).
     """
 
     trials_per_arm: int = 8

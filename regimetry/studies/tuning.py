@@ -77,6 +77,14 @@ def _run_trial(ctx: WorkerContext, study, trial, arm: Arm, splits) -> None:
             run_id = active.run_id
             try:
                 state = _fit_trial(ctx, study, trial, arm, splits, active)
+            except backend.SlotYield as why:
+                # A lower slot this trial's pruning needs was retried and waits for a worker: run it first,
+                # this trial goes back to the queue (same configuration and seed, so the same result).
+                active.set_status("KILLED")
+                _hand_back(study, trial, run_id)
+                tracking.set_tags({records.YIELDED: str(why)[:500]}, run_id=run_id)
+                logger.info("%s trial %d handed back: %s", arm.name, trial.number, why)
+                return
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed trial must not stop the study
