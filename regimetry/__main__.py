@@ -124,18 +124,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from regimetry import run_record, tracking, training
     from regimetry.data import prepare
 
-    try:
-        uri = tracking.configure(args.tracking_uri)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     t0 = time.perf_counter()
-    try:
+    try:  # the data first: a bad file or feature name creates no MLflow store
         splits = prepare(data_config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: data: {exc}", file=sys.stderr)
         return 2
     prep_seconds = time.perf_counter() - t0
+    try:
+        uri = tracking.configure(args.tracking_uri)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"data: {data_config.dataset_name}  train {len(splits.train)} / val {len(splits.val)} / "
         f"test {len(splits.test)} windows of {splits.window_size} x {splits.num_features}  "

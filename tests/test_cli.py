@@ -56,6 +56,14 @@ def test_bad_overrides_return_2(overrides, message, capsys):
         load_configs(None, overrides)
 
 
+def test_a_bad_feature_name_exits_2_before_any_store_exists(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    args = ["train", "--tracking-uri", uri, "--set", "data.source=synthetic", "--set", "data.features=log_rv_1,rv_1"]
+    assert main(args) == 2
+    assert "unknown feature 'rv_1'" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("*"))  # no mlflow.db, no .lock, no directory
+
+
 def test_missing_config_file_and_help(capsys):
     assert main(["train", "--config", "/no/such/file.yaml"]) == 2
     assert "/no/such/file.yaml" in capsys.readouterr().err

@@ -280,6 +280,16 @@ def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_pa
     assert _runs(tmp_path, "tiny_ablation").empty
 
 
+def test_a_bad_feature_name_creates_no_store_file(tmp_path, capsys):
+    """Issue 14 (fresh-user finding): a mistyped feature name used to be found only after the MLflow store
+    (mlflow.db and its .lock) had been created; the data are now checked before any store exists."""
+    args = _args(tmp_path, "--stage", "tune", "--set", "data.features=log_rv_1,nonsense_3")
+    assert studies.main(_tiny(), args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown feature 'nonsense_3'" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
 def test_resuming_a_study_on_other_data_is_refused(tmp_path):
     from regimetry.config import DataConfig
 

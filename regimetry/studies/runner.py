@@ -60,19 +60,19 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
 
 
 def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataConfig, list[Arm], str, str]:
-    """Check the arms, the data, the MLflow store, the Optuna storage and the stored studies' identity,
-    in that order, before any MLflow run, study, trial or worker process exists: a bad input fails
+    """Check the arms, the data (prepared), the MLflow store, the Optuna storage and the stored studies'
+    identity, in that order, before any MLflow run, study, trial or worker process exists: a bad input fails
     with one clear message and costs no budget."""
     budget = options.budget(ablation)
     validate_arms(ablation, budget, options.seed)
     config = data_config(ablation, options, budget)
-    tracking_uri = tracking.configure(options.tracking_uri)  # validates the store before anything is written
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     storage_url = options.storage or backend.DEFAULT_STORAGE
     arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
-    # Prepare (and so validate) the data first: a bad CSV or option fails with one clear message
-    # before any MLflow run, Optuna study, trial or worker process exists.
+    # Prepare (and so validate) the data first: a bad CSV, feature name or option fails with one clear
+    # message before any MLflow store, run, Optuna study, trial or worker process exists.
     blocks = evaluation_blocks(config, options, budget)
+    tracking_uri = tracking.configure(options.tracking_uri)  # validates the store before anything is written
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     print(f"== {ablation.name}: {config.dataset_name}, {len(blocks)} evaluation block(s); tuning on block 0 "
           f"({len(blocks[0].train)} train / {len(blocks[0].val)} validation windows of "
           f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
