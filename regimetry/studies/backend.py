@@ -87,7 +87,7 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
         if Path(path).is_dir():
             raise ValueError(f"--storage {shown!r}: {path} is a directory; a journal storage is a file "
                              "(journal:///path/file.log)")
-        _refuse_missing(Path(path), shown, read_only)
+        _refuse_non_storage_for_readers(Path(path), shown, read_only)
         _make_parent(Path(path), shown)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
     if "://" not in url:
@@ -98,7 +98,7 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
         db_path = storage_file(url)
         if db_path.is_dir():
             raise ValueError(f"--storage {shown!r}: {db_path} is a directory; expected a SQLite file path")
-        _refuse_missing(db_path, shown, read_only, sqlite=True)
+        _refuse_non_storage_for_readers(db_path, shown, read_only, sqlite=True)
         _make_parent(db_path, shown)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     # Several processes opening a new database at once race to create its schema (one of them gets
@@ -160,7 +160,7 @@ class _SQLiteStorage(optuna.storages.RDBStorage):
         _begin_immediate(self.engine)
 
 
-def _refuse_missing(path: Path, shown: str, read_only: bool, sqlite: bool = False) -> None:
+def _refuse_non_storage_for_readers(path: Path, shown: str, read_only: bool, sqlite: bool = False) -> None:
     """A reader must not create or alter the storage it was asked to read: a missing file, or a SQLite
     file without Optuna's tables (an empty file, another program's database), is refused, because
     opening it through Optuna would create its schema there and read as 'no studies'."""
