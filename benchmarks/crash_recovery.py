@@ -196,7 +196,7 @@ def kill_points(options, script: Path, work: Path, postgres_url: str | None) -> 
     for kind in options.storages:
         place = Place(work / f"reference_{kind}", kind, postgres_url)
         references[kind], walls[kind] = _reference(place, script, options, experiment, "the reference run")
-        print(f"| {kind} | {wall:.0f} | {_budget_text(references[kind])} | {references[kind]['confirms_here']} |",
+        print(f"| {kind} | {walls[kind]:.0f} | {_budget_text(references[kind])} | {references[kind]['confirms_here']} |",
               flush=True)
     rng = np.random.default_rng(options.kill_seed)
     print("\n| # | storage | kill at (s) | stage hit | re-run wall (s) | (a) exit 0 | (b) budget | "
