@@ -14,11 +14,18 @@ Examples::
     python benchmarks/fold_check.py --features default --shortcut on --monitor val_loss
     python benchmarks/fold_check.py --features legacy --shortcut off --folds-start 2004-01-01
     python benchmarks/fold_check.py --tuning-only --features har --shortcut on
+    python benchmarks/fold_check.py --end 2007-12-31 --folds-start 2003-01-01 --folds 3 --seeds 3 \
+        --from-study 03_encoding_ablation/learnable --storage sqlite:///mlruns/optuna.db
+
+``--from-study`` trains the configuration an ablation's confirmation retrains (the study's best trial:
+model and training settings as recorded, the seed replaced by 0 .. --seeds-1) instead of the options'
+fixed one; ``--features`` must then be the feature set the study ran on (the default set by default).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -70,6 +77,9 @@ def main() -> None:
     parser.add_argument("--warm-start-margin", type=float, default=0.0,
                         help="standard errors an epoch must beat the warm start by (1 = one-SE rule)")
     parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--from-study", help="an ablation arm's study (e.g. 03_encoding_ablation/learnable): train "
+                                             "its best trial's configuration instead of the fixed one")
+    parser.add_argument("--storage", help="the Optuna storage of --from-study (default sqlite:///mlruns/optuna.db)")
     args = parser.parse_args()
 
     values = {"source": args.dataset, "features": FEATURE_SETS[args.features], "num_folds": args.folds}
@@ -83,6 +93,14 @@ def main() -> None:
     model_cfg = ModelConfig(d_model=args.d_model, num_layers=args.num_layers, pooling=args.pooling, linear_shortcut=args.shortcut != "off",
                             use_encoder=args.shortcut != "only", center_windows=args.center,
                             shortcut_features=tuple(f for f in args.shortcut_features.split(",") if f))
+    study_train_cfg = None
+    if args.from_study:
+        from regimetry.studies.backend import best_configurations
+
+        number, model_dict, train_dict = best_configurations(args.from_study, args.storage)
+        model_cfg, study_train_cfg = ModelConfig.from_dict(model_dict), TrainConfig.from_dict(train_dict)
+        print(json.dumps({"study": args.from_study, "best_trial": number, "model": model_dict, "train": train_dict}),
+              flush=True)
     rows = []
     t0 = time.perf_counter()
     for splits in folds:
@@ -93,9 +111,10 @@ def main() -> None:
             row[name] = result.val_metrics["balanced_accuracy"] if args.tuning_only else result.test_metrics["balanced_accuracy"]
         scores, best_epochs = [], []
         for seed in range(args.seeds):
-            train_cfg = TrainConfig(max_epochs=args.epochs, patience=args.patience, monitor=args.monitor, seed=seed,
-                                    warm_start_candidate=args.warm_start_candidate,
-                                    warm_start_margin=args.warm_start_margin)
+            train_cfg = (dataclasses.replace(study_train_cfg, seed=seed) if study_train_cfg is not None else
+                         TrainConfig(max_epochs=args.epochs, patience=args.patience, monitor=args.monitor, seed=seed,
+                                     warm_start_candidate=args.warm_start_candidate,
+                                     warm_start_margin=args.warm_start_margin))
             result = training.fit(splits, model_cfg, train_cfg)
             best_epochs.append(result.best_epoch)
             probs = training.predict_proba(result.model, part.X)

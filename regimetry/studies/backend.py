@@ -47,7 +47,7 @@ CREATOR_ATTR = records.CREATOR_ATTR
 
 __all__ = ["DEFAULT_STORAGE", "TrialPruned", "resolve_storage", "ensure_study", "arm_study", "check_identity",
            "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "Heartbeat",
-           "study_names", "study_trials_frame", "param_importances", "storage_file"]
+           "study_names", "study_trials_frame", "param_importances", "storage_file", "best_configurations"]
 
 
 # ================================================================================================
@@ -612,6 +612,25 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     # trial the storage lists first: the choice must not depend on claim order or retries.
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
     return min(completed, key=lambda t: (-sign * t.value, t.user_attrs.get(records.SLOT_ATTR, float("inf")), t.number))
+
+
+def best_configurations(name: str, storage_url: str | None = None) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """The best trial of a stored study, the one its confirmation retrains (:func:`best_trial`).
+
+    Returns:
+        ``(trial number, ModelConfig dict, TrainConfig dict)`` as the trial recorded them.
+
+    Raises:
+        ValueError: no such storage or study (naming it); NoCompleteTrial: no COMPLETE trial.
+    """
+    storage = resolve_storage(storage_url or DEFAULT_STORAGE, read_only=True)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise ValueError(f"no Optuna study {name!r} in {redact_url(storage_url or DEFAULT_STORAGE)}") from None
+    best = best_trial(study)
+    return (best.number, json.loads(best.user_attrs[records.MODEL_CONFIG_ATTR]),
+            json.loads(best.user_attrs[records.TRAIN_CONFIG_ATTR]))
 
 
 def quiet_logging() -> None:
