@@ -10,6 +10,7 @@ import textwrap
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 
 matplotlib.use("Agg")
