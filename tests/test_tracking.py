@@ -150,6 +150,32 @@ def test_concurrent_processes_share_one_sqlite_store(tracking_uri):
         assert len(tracking.get_metric_history(run_id, "val/loss")) == 10
 
 
+def test_a_kill_while_the_store_is_created_leaves_no_broken_store(tmp_path):
+    """Issue 14 (crash-recovery benchmark, kill point 3): kill -9 among MLflow's schema migrations used
+    to leave a half-migrated mlflow.db that every later run failed to open ('table evaluation_datasets
+    already exists'). The store is now built in a temporary file and renamed when complete."""
+    import signal
+    import time
+
+    db = tmp_path / "mlruns" / "mlflow.db"
+    code = f"from regimetry import tracking; tracking.configure('sqlite:///{db}')"
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list(db.parent.glob(".mlflow.db.creating-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the store was created before the kill could hit its creation"
+    time.sleep(0.2)  # among the migrations
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not db.exists()  # no half-built store under the store's name
+    uri = f"sqlite:///{db}"
+    assert tracking.configure(uri) == uri  # the next run creates it, removing the leftover
+    assert list(db.parent.glob(".mlflow.db.creating-*")) == []
+    with tracking.run("after_kill", tracking_uri=uri):
+        tracking.log_metrics({"x": 1.0})
+    assert len(tracking.search_runs("after_kill", tracking_uri=uri)) == 1
+
+
 # ---- a complete training run -----------------------------------------------------------------------
 def test_one_epoch_run_logs_everything_and_the_model_round_trips(tracking_uri, one_epoch):
     import mlflow  # the tests may import mlflow; only regimetry.tracking in the package does

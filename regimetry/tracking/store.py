@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from regimetry.config import mask_password, one_line, redact_url
 
@@ -105,6 +106,8 @@ def configure(tracking_uri: str | None = None) -> str:
     try:
         if db is not None:
             with _file_lock(db.with_name(db.name + ".lock")):
+                if not db.exists() or db.stat().st_size == 0:
+                    _create_sqlite_store(db)
                 MlflowClient(uri).search_experiments(max_results=1)
         else:
             with _quick_http_check():
@@ -114,8 +117,27 @@ def configure(tracking_uri: str | None = None) -> str:
                          "postgresql:// install psycopg 3: pip install 'psycopg[binary]'") from None
     except (MlflowException, OSError) as exc:
         raise ValueError(f"{option} {shown!r}: the MLflow store cannot be opened: {mask_password(one_line(exc), uri)}") from None
+    except SQLAlchemyError as exc:  # e.g. a store half-created by an older version that was killed
+        raise ValueError(f"{option} {shown!r}: the MLflow store cannot be opened: {mask_password(one_line(exc), uri)}"
+                         "; if its creation was interrupted and it holds no runs, delete it") from None
     _configured[uri] = uri
     return uri
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """Create a new SQLite MLflow store atomically (the caller holds the store's lock).
+
+    MLflow builds a new store's schema in dozens of migrations, and a process killed among them
+    (``kill -9`` in the first seconds of a first run) used to leave a half-migrated ``mlflow.db`` that
+    every later command failed to open (``table ... already exists``). The schema is now built in a
+    temporary file beside the store (``.<name>.creating-<pid>``), which takes the store's name only when
+    complete (``os.replace``); a kill leaves only that temporary file, removed by the next creation.
+    """
+    for stale in db.parent.glob(f".{db.name}.creating-*"):
+        stale.unlink(missing_ok=True)
+    tmp = db.with_name(f".{db.name}.creating-{os.getpid()}")
+    MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+    os.replace(tmp, db)
 
 
 @contextlib.contextmanager
