@@ -91,8 +91,10 @@ def _run(cmd: list[str], cwd: Path, log: Path, jobs_note: str = "") -> tuple[int
     return code, time.monotonic() - started
 
 
-def _killed_run(cmd: list[str], cwd: Path, log: Path, at: float) -> str:
-    """Start ``cmd`` in its own process group, SIGKILL the group ``at`` seconds later; the stage it hit."""
+def _killed_run(cmd: list[str], cwd: Path, log: Path, at: float) -> tuple[str, float]:
+    """Start ``cmd`` in its own process group, SIGKILL the group ``at`` seconds later; the stage it hit
+    and the seconds it ran (``finished first``: it exited before the kill)."""
+    started = time.monotonic()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -110,16 +112,17 @@ def _killed_run(cmd: list[str], cwd: Path, log: Path, at: float) -> str:
         except ProcessLookupError:
             break
         time.sleep(0.1)
+    elapsed = time.monotonic() - started
     if finished:
-        return "finished first"
+        return "finished first", elapsed
     text = log.read_text(errors="replace")
     if re.search(r"^== \S+: confirming", text, re.M):
         done = len(re.findall(r"^\[confirm\] ", text, re.M))
-        return f"confirm ({done} run(s) done)"
+        return f"confirm ({done} run(s) done)", elapsed
     if re.search(r"^== \S+: tuning", text, re.M):
         done = len(re.findall(r"^\[\S+\] trial \d+ ", text, re.M))
-        return f"tune ({done} trial(s) done)"
-    return "start-up"
+        return f"tune ({done} trial(s) done)", elapsed
+    return "start-up", elapsed
 
 
 def inspect(place: Place, experiment: str) -> dict:
@@ -206,9 +209,18 @@ def kill_points(options, script: Path, work: Path, postgres_url: str | None) -> 
     for k in range(options.kills):
         kind = options.storages[k % len(options.storages)]
         at = float(rng.uniform(0.02, 0.98) * walls[kind])
-        place = Place(work / f"kill_{k:02d}_{kind}", kind, postgres_url)
-        cmd = _command(script, place.storage, place.tracking_uri, options)
-        stage = _killed_run(cmd, place.root, place.root / "killed.txt", at)
+        for attempt in range(4):
+            place = Place(work / f"kill_{k:02d}_{kind}{'_' + str(attempt) if attempt else ''}", kind, postgres_url)
+            cmd = _command(script, place.storage, place.tracking_uri, options)
+            stage, ran = _killed_run(cmd, place.root, place.root / "killed.txt", at)
+            if stage != "finished first":
+                break
+            # Faster than the reference (the load changed): not a kill point. Draw again over this run's
+            # own wall time, on fresh stores, so that every point is a real kill.
+            print(f"(kill point {k + 1}: the run finished in {ran:.0f} s, before the kill at {at:.1f} s; drawn again)",
+                  flush=True)
+            _drop(place)
+            at = float(rng.uniform(0.02, 0.98) * ran)
         code, wall = _run(cmd, place.root, place.root / "rerun.txt")
         ref = references[kind]
         try:
