@@ -150,6 +150,10 @@ def worker_signals() -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, handler)
+    # The pool starts its workers with both signals blocked (:func:`submit`), so that Ctrl-C during
+    # their start-up (importing TensorFlow, ~20 s) cannot kill them with a traceback; one that arrived
+    # meanwhile is delivered now, to the handler above, and marks this worker interrupted.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
@@ -172,8 +176,13 @@ def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def submit(pool: ProcessPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
-    """``pool.submit(fn, *args)`` such that no task starts in a worker after one of its tasks was interrupted."""
-    return pool.submit(_guarded, fn, *args)
+    """``pool.submit(fn, *args)`` such that no task starts in a worker after one of its tasks was interrupted.
+
+    The pool spawns its worker processes inside ``submit``; SIGINT and SIGTERM are blocked meanwhile
+    (:func:`signals_deferred`), and a spawned process inherits that mask, so a worker cannot be
+    interrupted before its initializer installs :func:`worker_signals` (which unblocks them)."""
+    with signals_deferred():
+        return pool.submit(_guarded, fn, *args)
 
 
 def worker_result(future: Future) -> Any:

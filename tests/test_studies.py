@@ -692,6 +692,28 @@ def test_rerunning_a_finished_ablation_says_that_it_trains_the_confirmation_agai
     assert "python -m regimetry.reports tiny_ablation --tracking-uri sqlite:///" in out
 
 
+def test_ctrl_c_while_the_pool_workers_start_prints_no_traceback(tmp_path):
+    """Fresh-user finding: Ctrl-C while the two workers were still importing TensorFlow printed ~100
+    lines of KeyboardInterrupt traceback per worker. Workers now start with SIGINT/SIGTERM blocked and
+    take a pending one as an interrupt once their handlers are installed: one line, exit 130."""
+    import signal
+    import time
+
+    script = ROOT / "experiments" / "03_encoding_ablation.py"
+    args = _args(tmp_path, "--stage", "tune", "--arms", "none", "--trials", "2")
+    args[args.index("--jobs") + 1] = "2"
+    proc = subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    for line in proc.stdout:  # the pool starts its workers right after this line
+        if ": tuning " in line:
+            break
+    time.sleep(1.0)  # the workers are importing TensorFlow now
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: finished trials are stored" in err, err
+
+
 def test_a_pool_worker_starts_no_task_after_an_interrupt(monkeypatch):
     """Fresh-user finding: after Ctrl-C with --jobs 2 the pool's workers went on to train the confirmation
     runs already handed to them (56 s, three new FINISHED runs). Once interrupted, in a task or idle, a
