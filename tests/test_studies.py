@@ -237,7 +237,7 @@ def test_bad_data_fails_cleanly_before_any_trial_is_claimed(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("bad", ["storage_dir", "storage_under_file", "storage_password", "journal_dir",
-                                 "tracking_not_a_db", "tracking_dir"])
+                                 "storage_not_a_db", "storage_no_scheme", "tracking_not_a_db", "tracking_dir"])
 def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, tmp_path, capsys):
     """Issue 14: storage and tracking URI are checked before any MLflow run, study or claim exists;
     the message names the option and hides the password; a user's file is left as it was."""
@@ -248,6 +248,8 @@ def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, 
         "storage_under_file": ("--storage", f"sqlite:///{tmp_path}/notes.txt/optuna.db"),
         "storage_password": ("--storage", "postgresql://alice:s3cret@127.0.0.1:1/optuna"),
         "journal_dir": ("--storage", f"journal:///{tmp_path}"),
+        "storage_not_a_db": ("--storage", f"sqlite:///{tmp_path}/notes.txt"),
+        "storage_no_scheme": ("--storage", f"{tmp_path}/optuna.db"),
         "tracking_not_a_db": ("--tracking-uri", f"sqlite:///{tmp_path}/notes.txt"),
         "tracking_dir": ("--tracking-uri", f"sqlite:///{tmp_path}"),
     }[bad]
@@ -258,7 +260,10 @@ def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, 
     assert "s3cret" not in err
     assert (tmp_path / "notes.txt").read_text() == "my notes"
     assert not (tmp_path / "notes.txt.lock").exists()
-    if option == "--storage":  # the tracking store is valid: it holds no run of this invocation
+    if bad in ("storage_dir", "journal_dir", "storage_not_a_db", "storage_no_scheme"):
+        # found without writing or connecting: refused before the MLflow store exists (fresh-user finding)
+        assert not (tmp_path / "mlruns").exists() and "[SQL:" not in err
+    elif option == "--storage":  # the tracking store is valid: it holds no run of this invocation
         assert _runs(tmp_path, "tiny_ablation").empty
     else:
         assert not (tmp_path / "optuna.db").exists()

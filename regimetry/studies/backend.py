@@ -45,7 +45,7 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 OWNER_ATTR = records.OWNER_ATTR
 CREATOR_ATTR = records.CREATOR_ATTR
 
-__all__ = ["DEFAULT_STORAGE", "TrialPruned", "resolve_storage", "ensure_study", "arm_study", "check_identity",
+__all__ = ["DEFAULT_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity",
            "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "Heartbeat",
            "study_names", "study_trials_frame", "param_importances", "storage_file", "best_configurations"]
 
@@ -62,6 +62,36 @@ def storage_file(url: str | None) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///"):])
     return None
+
+
+def check_storage(url: str | None) -> None:
+    """The checks of a storage URL that need neither writing nor a connection, so that a run makes them
+    before anything exists (data prepared, MLflow store, study): the URL's form, a directory where a
+    file is expected, an existing file that is not a SQLite database.
+
+    Raises:
+        ValueError: naming ``--storage`` (password masked) and what was expected.
+    """
+    url = url or DEFAULT_STORAGE
+    shown = redact_url(url)
+    path = storage_file(url)
+    if url.startswith("journal:"):
+        if path.is_dir():
+            raise ValueError(f"--storage {shown!r}: {path} is a directory; a journal storage is a file "
+                             "(journal:///path/file.log)")
+        return
+    if "://" not in url:
+        raise ValueError(f"--storage {shown!r}: expected a database URL (sqlite:///file.db, postgresql://...) "
+                         "or journal:///path/file.log")
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"--storage {shown!r}: {path} is a directory; expected a SQLite file path")
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"--storage {shown!r}: {path.resolve()} exists and is not a SQLite database; "
+                                 "point --storage at a new file or at the storage an experiment ran with")
 
 
 def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages.BaseStorage:
@@ -82,22 +112,15 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
     """
     url = url or DEFAULT_STORAGE
     shown = redact_url(url)
+    check_storage(url)
     if url.startswith("journal:"):
         path = str(storage_file(url))
-        if Path(path).is_dir():
-            raise ValueError(f"--storage {shown!r}: {path} is a directory; a journal storage is a file "
-                             "(journal:///path/file.log)")
         _refuse_non_storage_for_readers(Path(path), shown, read_only)
         _make_parent(Path(path), shown)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
-    if "://" not in url:
-        raise ValueError(f"--storage {shown!r}: expected a database URL (sqlite:///file.db, postgresql://...) "
-                         "or journal:///path/file.log")
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         db_path = storage_file(url)
-        if db_path.is_dir():
-            raise ValueError(f"--storage {shown!r}: {db_path} is a directory; expected a SQLite file path")
         _refuse_non_storage_for_readers(db_path, shown, read_only, sqlite=True)
         _make_parent(db_path, shown)
         engine_kwargs = {"connect_args": {"timeout": 60}}

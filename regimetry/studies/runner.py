@@ -67,6 +67,7 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     validate_arms(ablation, budget, options.seed)
     config = data_config(ablation, options, budget)
     storage_url = options.storage or backend.DEFAULT_STORAGE
+    backend.check_storage(storage_url)  # its form and file, before the data are prepared or any store exists
     arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
     # Prepare (and so validate) the data first: a bad CSV, feature name or option fails with one clear
     # message before any MLflow store, run, Optuna study, trial or worker process exists.
