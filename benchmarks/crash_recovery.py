@@ -113,9 +113,11 @@ def _killed_run(cmd: list[str], cwd: Path, log: Path, at: float) -> tuple[str, f
             break
         time.sleep(0.1)
     elapsed = time.monotonic() - started
-    if finished:
-        return "finished first", elapsed
     text = log.read_text(errors="replace")
+    if finished or re.search(r"^== \S+: browse the runs", text, re.M):
+        # its last line printed: the session was complete and only the interpreter was exiting, so a
+        # re-run is a second session by design (it trains the confirmation again), not a recovery
+        return "finished first", elapsed
     if re.search(r"^== \S+: confirming", text, re.M):
         done = len(re.findall(r"^\[confirm\] ", text, re.M))
         return f"confirm ({done} run(s) done)", elapsed
