@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["has_password", "mask_password", "one_line", "redact_url"]
+__all__ = ["has_password", "is_foreign_file", "mask_password", "one_line", "redact_url"]
 
 
 def has_password(url: str | None) -> bool:
@@ -38,3 +38,16 @@ def mask_password(text: object, url: str | None) -> str:
         return text
     password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2]
     return text.replace(password, "***") if password else text
+
+
+def is_foreign_file(path) -> bool:
+    """Whether ``path`` is a non-empty file that is not a SQLite database (its first 16 bytes are not
+    SQLite's header): the one check behind both ``--storage`` and ``--tracking-uri`` refusing a
+    user's own file before anything is written to it."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(16) != b"SQLite format 3\x00"

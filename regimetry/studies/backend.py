@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from regimetry import processes, records
-from regimetry.config import DataConfig, mask_password, one_line, redact_url
+from regimetry.config import DataConfig, is_foreign_file, mask_password, one_line, redact_url
 from regimetry.studies.spec import (Ablation, Arm, Budget, NoCompleteTrial, SearchSpace, study_direction, study_key,
                                     study_name)
 
@@ -87,11 +87,9 @@ def check_storage(url: str | None) -> None:
         return
     if path.is_dir():
         raise ValueError(f"--storage {shown!r}: {path} is a directory; expected a SQLite file path")
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb") as handle:
-            if handle.read(16) != b"SQLite format 3\x00":
-                raise ValueError(f"--storage {shown!r}: {path.resolve()} exists and is not a SQLite database; "
-                                 "point --storage at a new file or at the storage an experiment ran with")
+    if is_foreign_file(path):
+        raise ValueError(f"--storage {shown!r}: {path.resolve()} exists and is not a SQLite database; "
+                         "point --storage at a new file or at the storage an experiment ran with")
 
 
 def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages.BaseStorage:

@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from regimetry.config import mask_password, one_line, redact_url
+from regimetry.config import is_foreign_file, mask_password, one_line, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Experiment tags: the kind MLflow 3 records for a model-training experiment. MLflow 3.17's UI reads
@@ -93,11 +93,9 @@ def configure(tracking_uri: str | None = None) -> str:
         if db.is_dir():
             raise ValueError(f"{option} {shown!r}: {db} is a directory; expected a SQLite file path "
                              "(sqlite:///mlruns/mlflow.db)")
-        if db.is_file() and db.stat().st_size > 0:
-            with open(db, "rb") as handle:
-                if handle.read(16) != b"SQLite format 3\x00":
-                    raise ValueError(f"{option} {shown!r}: {db} exists and is not a SQLite database; "
-                                     "point it at a new or an existing MLflow store")
+        if is_foreign_file(db):
+            raise ValueError(f"{option} {shown!r}: {db} exists and is not a SQLite database; "
+                             "point it at a new or an existing MLflow store")
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
