@@ -755,3 +755,24 @@ def test_a_pool_worker_starts_no_task_after_an_interrupt(monkeypatch):
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def test_pool_workers_share_the_cores_among_their_tensorflow_threads(monkeypatch):
+    """Each pool worker starts TensorFlow with the usable cores divided among the workers (not one thread
+    pool per core in every process); a user's own TF_NUM_*_THREADS setting wins."""
+    for name in processes.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert processes.threads_per_worker(2) == max(1, cores // 2)
+    assert processes.threads_per_worker(1) == cores and processes.threads_per_worker(10 * cores) == 1
+
+    def worker_settings() -> list[str | None]:
+        with processes.worker_pool(2, os.getpid) as pool:
+            return [processes.worker_result(processes.submit(pool, os.getenv, name))
+                    for name in processes.THREAD_VARIABLES]
+
+    share = str(max(1, cores // 2))
+    assert worker_settings() == [share, share]
+    assert all(os.getenv(name) is None for name in processes.THREAD_VARIABLES)  # the parent is untouched
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
+    assert worker_settings() == ["3", share]
