@@ -330,7 +330,13 @@ def warm_start_shortcut(model: Any, train: SplitData, num_classes: int, sample_w
 
 
 def compile_model(model: Any, train_config: TrainConfig) -> Any:
-    """Compile ``model`` with AdamW, categorical cross-entropy (label smoothing) and accuracy."""
+    """Compile ``model`` with AdamW, categorical cross-entropy (label smoothing) and accuracy.
+
+    The optimizer's variables (moments, iteration) are created here for a built model, with the values
+    ``fit`` would give them: created lazily inside the first traced train step instead, they make
+    TensorFlow trace that step twice (a ``tf.function`` that creates variables is traced again
+    without), about 2 s more per new model on a 2-core CPU (benchmarks/README.md).
+    """
     import keras  # TensorFlow: imported where a model is trained (see the imports at the top)
 
     optimizer = keras.optimizers.AdamW(
@@ -346,6 +352,8 @@ def compile_model(model: Any, train_config: TrainConfig) -> Any:
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         jit_compile=False,  # XLA measured slower than graph mode on this CPU (RESEARCH_FACTS.md)
     )
+    if model.built:
+        optimizer.build(model.trainable_variables)
     return model
 
 
@@ -373,8 +381,7 @@ class _CompiledModelCache:
                 for variable, value in zip(kept.optimizer.variables, optimizer_start):
                     variable.assign(value)
                 return kept
-        compile_model(fresh, train_config)
-        fresh.optimizer.build(fresh.trainable_variables)  # what fit() would build lazily, same values
+        compile_model(fresh, train_config)  # builds the optimizer: its start state is kept below
         self._models[key] = (fresh, [np.array(v) for v in fresh.optimizer.variables])
         while len(self._models) > self.max_models:
             self._models.popitem(last=False)

@@ -146,6 +146,41 @@ def test_reused_graphs_give_bit_identical_runs(fitted):
     training._COMPILED_MODELS.clear()
 
 
+def test_compile_builds_the_optimizer_so_the_train_step_is_traced_once():
+    """Issue 17: an optimizer built lazily inside the first train step makes TensorFlow trace that step
+    twice (~2 s per new model); compile_model builds it, with the same result bit for bit."""
+    import keras
+
+    from conftest import make_random_splits
+    from regimetry.models import build_classifier
+
+    splits = make_random_splits()
+
+    def trained(lazy: bool):
+        keras.utils.set_random_seed(3)
+        data = training.make_dataset(splits.train.X, splits.train.y, splits.num_classes, 9, shuffle_seed=3)
+        model = build_classifier(TINY_MODEL, splits.window_size, splits.num_features, splits.num_classes)
+        training.compile_model(model, TINY_TRAIN)
+        assert model.optimizer.built
+        if lazy:  # Keras' own behaviour: the same optimizer, built inside the first traced step
+            model.compile(optimizer=keras.optimizers.AdamW.from_config(model.optimizer.get_config()),
+                          loss=model.loss, metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                          jit_compile=False)
+            assert not model.optimizer.built
+        traces = []
+        step = model.train_step
+        model.train_step = lambda batch: traces.append(1) or step(batch)  # Python runs only while tracing
+        model.fit(data, epochs=2, verbose=0)
+        return model, len(traces)
+
+    (built, built_traces), (lazy, lazy_traces) = trained(False), trained(True)
+    assert (built_traces, lazy_traces) == (1, 2)
+    for ours, keras_own in zip(built.get_weights(), lazy.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, keras_own)
+    for ours, keras_own in zip(built.optimizer.variables, lazy.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(keras_own))
+
+
 def test_epoch_callback_sees_every_epoch_and_its_exception_propagates(fitted):
     splits, seed3 = fitted
     class Prune(Exception):
