@@ -144,7 +144,12 @@ def predict_proba(model: Any, X: np.ndarray, batch_size: int = 1024) -> np.ndarr
     if len(X) == 0:
         n_out = int(model.output_shape[-1])
         return np.zeros((0, n_out), dtype=np.float32)
-    return np.asarray(model.predict(X, batch_size=batch_size, verbose=0), dtype=np.float32)
+    # predict_on_batch per chunk, not model.predict: the same traced function and the same numbers, without
+    # predict()'s per-call data pipeline and callbacks (~60 ms a call, run after every epoch) and its
+    # first-call trace per input length (benchmarks/README.md).
+    step = max(1, int(batch_size))
+    chunks = [np.asarray(model.predict_on_batch(X[i:i + step]), dtype=np.float32) for i in range(0, len(X), step)]
+    return np.concatenate(chunks)
 
 
 def evaluate_full(
