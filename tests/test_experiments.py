@@ -73,6 +73,15 @@ def _check_protocol(experiment, uri, storage, arms, trials, blocks, seeds):
             for block in range(blocks):
                 assert f"metrics.fold{block}/test/{metric}" in arm_run.index
         assert "best_config.json" in _artifacts(arm_ids[arm], uri)
+        # figures only where a user looks (issue 17): a confirmation run draws attention maps and the
+        # confusion/training-curve figures; a trial logs its JSON confusion matrix and no figure
+        confirm_run = confirm["run_id"].iloc[0]
+        assert any(a.endswith(".png") for a in _artifacts(confirm_run, uri, "attention"))
+        assert "figures/training_curves.png" in _artifacts(confirm_run, uri, "figures")
+        finished_trial = trial_runs[trial_runs["status"] == "FINISHED"]["run_id"]
+        for run_id in finished_trial.iloc[:1]:
+            assert "metrics/confusion_val.json" in _artifacts(run_id, uri, "metrics")
+            assert not _artifacts(run_id, uri, "figures") and not _artifacts(run_id, uri, "attention")
         # issue 16: the tuned configuration is a run parameter; confirm/test/ holds test-block scores only
         best = json.loads(_read_artifact(arm_ids[arm], uri, "best_config.json"))
         assert arm_run["params.best.model.d_model"] == str(best["model"]["d_model"])

@@ -124,8 +124,11 @@ def _fit_trial(ctx: WorkerContext, study, trial, arm: Arm, splits, active) -> st
         tracking.set_tags({records.OPTUNA_STATE: "PRUNED"})
         backend.finish_trial(study, trial, "PRUNED")
         return "PRUNED"
+    # No figures for trials (about 0.7 s of a 10 s trial, benchmarks/README.md): their per-epoch metrics
+    # (MLflow's charts) and JSON confusion matrix are logged; the report draws confirmation runs only.
     tracking.log_training_run(run_record.build(result, splits, model_cfg, train_cfg, stage=records.STAGE_TRIAL,
-                                               arm=arm.name, seed=trial_seed, test=False))
+                                               arm=arm.name, seed=trial_seed, test=False, figures=False,
+                                               attention=False))
     value = float(result.val_metrics[monitor_metric(train_cfg)])
     if not math.isfinite(value):
         raise FloatingPointError(f"validation {train_cfg.monitor} is {value}")
