@@ -20,7 +20,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from regimetry import plots, records
-from regimetry.models import attention_scores
 from regimetry.scoring import evaluate_full, predict_proba
 
 __all__ = ["ATTENTION_WINDOWS", "RunRecord", "attention_window_indices", "build"]
@@ -181,6 +180,9 @@ def _add_attention(record: RunRecord, model, splits) -> None:
     windows = attention_window_indices(len(splits.val))
     if not windows:
         return
+    # Keras is imported where a model exists, so the main process of a multi-worker run never loads it
+    from regimetry.models import attention_scores
+
     try:
         scores = attention_scores(model, splits.val.X[windows])
     except ValueError as exc:  # not a regimetry classifier

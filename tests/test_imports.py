@@ -113,3 +113,22 @@ def test_reports_never_reach_the_study_runner():
             todo += sorted(graph[node] - seen)
     reached = {m for m in seen if m.startswith("regimetry.studies.")}
     assert reached <= {"regimetry.studies.backend", "regimetry.studies.spec"}, reached
+
+
+def test_the_study_harness_loads_tensorflow_only_where_a_model_is_trained():
+    """Issue 17: the main process of a multi-worker run trains nothing, so it never imports TensorFlow
+    (its workers start ~5 s sooner), and a mistyped option fails in seconds, before any such import."""
+    import subprocess
+    import sys
+
+    root = PACKAGE.parent
+    probe = ("import sys; from regimetry.studies import main, runner, cli, confirm, tuning; import regimetry.run_record; "
+             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')); "
+             "assert not loaded, loaded[:5]")
+    subprocess.run([sys.executable, "-c", probe], cwd=root, check=True, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([sys.executable, "-X", "importtime", str(root / "experiments" / "03_encoding_ablation.py"),
+                          "--set", "data.no_such_field=1", "--no-report"],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "no_such_field" in bad.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in bad.stderr.splitlines() if line.startswith("import time:")]
+    assert "numpy" in imported and not [m for m in imported if m.split(".")[0] in ("tensorflow", "keras")]
