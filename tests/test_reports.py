@@ -403,6 +403,7 @@ def test_transition_matrix_and_label_distribution(random_splits):
 # ------------------------------------------------------------------------------------------------
 # The real harness: a tiny 2-arm ablation run by regimetry.studies (tests/conftest.py)
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.xdist_group("smoke_03")  # shares the session's 03 smoke run (tests/conftest.py)
 def test_report_of_a_real_tiny_ablation(tiny_ablation_store, tmp_path):
     store = tiny_ablation_store
     proc = subprocess.run(

@@ -499,7 +499,7 @@ def _running_trials(storage_url: str) -> list:
         return []
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgres"])
+@pytest.mark.parametrize("kind", ["sqlite", "journal", pytest.param("postgres", marks=pytest.mark.xdist_group("postgres"))])
 def test_kill_9_during_tuning_then_an_immediate_rerun_finishes_the_exact_budget(kind, tmp_path, request):
     """Issue 14: a worker killed with SIGKILL leaves a RUNNING trial and RUNNING MLflow runs. An
     immediate re-run recognises the dead owner (same host, pid gone), retries the trial at once
@@ -624,6 +624,7 @@ def test_kill_9_during_confirmation_then_an_immediate_rerun_resumes_it(tmp_path)
     assert verdicts and all(len(metrics) >= 3 for metrics in pooled.values())
 
 
+@pytest.mark.xdist_group("postgres")  # one throwaway cluster per test worker: keep its users on one
 def test_postgres_two_simultaneous_tuning_processes_then_confirm(postgres_url, tmp_path):
     """Issue 14: several machines share one PostgreSQL: two processes tune at once and finish
     exactly the budget with the same configuration per slot in every arm; a confirm stage follows."""
