@@ -125,8 +125,9 @@ def worker_pool(jobs: int, initializer: Callable[..., None], initargs: tuple = (
     waited for (each ends its own trial or run in order).
 
     Each worker runs TensorFlow with :func:`threads_per_worker` intra- and inter-op threads instead
-    of one pool per core in every process: ``--jobs 2`` on 2 cores otherwise runs 8 busy threads on 2
-    cores (a default ``03 --smoke`` 1.13x faster this way, identical results; benchmarks/README.md).
+    of one pool per core in every process (with ``--jobs 2`` on 2 cores each worker had 2 intra-op and
+    2 inter-op threads): ``03 --smoke --jobs 2 --no-report`` 77 s instead of 86 s idle, identical results
+    (benchmarks/README.md, "Fourth round").
     ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` set by the user win.
     """
     if jobs <= 1:
