@@ -52,6 +52,11 @@ def test_feature_definitions(bars):
 def test_unknown_feature_lists_valid_names(bars):
     with pytest.raises(ValueError, match=r"unknown feature 'rv_x'.*log_return.*rv_<n>"):
         compute_features(bars, ["rv_x"])
+    # a leading zero names the spelling to use (fresh-user finding: log_parkinson_05 was only "unknown")
+    with pytest.raises(ValueError, match=r"'log_parkinson_05'.*without leading zeros, log_parkinson_5$"):
+        compute_features(bars, ["log_parkinson_05"])
+    with pytest.raises(ValueError, match=r"unknown feature 'rv_01'; valid names"):  # rv_1 is not valid either
+        compute_features(bars, ["rv_01"])
     with pytest.raises(ValueError, match="duplicate"):
         compute_features(bars, ["rv_5", "rv_5"])
     with pytest.raises(ValueError, match="needs bar column"):

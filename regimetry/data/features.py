@@ -106,6 +106,11 @@ def _parse(name: str) -> tuple[str, int | None]:
         prefix, n = match.group(1), int(match.group(2))
         if n >= _PATTERNS[prefix]:
             return prefix, n
+    padded = re.match(r"^(log_rv|log_parkinson|rv|mom|volume_z)_0+(\d+)$", name)
+    if padded and int(padded.group(2)) >= _PATTERNS[padded.group(1)]:
+        # one name per window length, so that two spellings never make two columns of the same feature
+        raise ValueError(f"DataConfig.features: unknown feature {name!r}: write the window length without leading "
+                         f"zeros, {padded.group(1)}_{int(padded.group(2))}")
     raise ValueError(f"DataConfig.features: unknown feature {name!r}; valid names are {valid_feature_description()}")
 
 
