@@ -160,6 +160,9 @@ def test_failed_and_pruned_trials_are_recorded_in_optuna_and_mlflow(tmp_path, mo
     by_state = trials.groupby("tags.optuna_state")["status"].agg(set).to_dict()
     assert by_state == {"PRUNED": {"KILLED"}, "FAIL": {"FAILED"}}
     assert "RUNNING" not in set(runs["status"])
+    # a pruned trial's run shows the epochs it trained (fresh-user finding: it logged params only)
+    pruned = trials[trials["tags.optuna_state"] == "PRUNED"]
+    assert pruned["metrics.val/balanced_accuracy"].notna().all() and pruned["metrics.train/loss"].notna().all()
 
 
 def test_interrupt_then_resume_runs_exactly_the_missing_trials(tmp_path, monkeypatch, capsys):

@@ -112,7 +112,10 @@ def _fit_trial(ctx: WorkerContext, study, trial, arm: Arm, splits, active) -> st
     tracking.log_params({records.OPTUNA_TRIAL_PARAM: trial.number,
                          **{f"{records.NUISANCE_PARAM}{k}": v for k, v in params.items()}})
 
+    epochs: list[tuple[int, dict[str, float]]] = []  # what a pruned trial logs: the epochs it trained
+
     def on_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+        epochs.append((epoch, dict(metrics)))
         value = metrics.get(monitor_key(train_cfg))
         if value is not None and math.isfinite(value):
             backend.report_epoch(trial, value, epoch)
@@ -120,6 +123,8 @@ def _fit_trial(ctx: WorkerContext, study, trial, arm: Arm, splits, active) -> st
     try:
         result = training.fit(splits, model_cfg, train_cfg, epoch_callback=on_epoch)
     except backend.TrialPruned:
+        for epoch, metrics in epochs:  # so MLflow's charts show why it was pruned
+            tracking.log_metrics(metrics, step=epoch)
         active.set_status("KILLED")
         tracking.set_tags({records.OPTUNA_STATE: "PRUNED"})
         backend.finish_trial(study, trial, "PRUNED")
