@@ -75,7 +75,7 @@ FIXED_FEATURES = (
     "volume_z",
 )
 _PATTERNS = {"rv": 2, "mom": 1, "volume_z": 2, "log_rv": 1, "log_parkinson": 1}  # prefix -> minimum n
-_PATTERN_RE = re.compile(r"^(log_rv|log_parkinson|rv|mom|volume_z)_([1-9]\d*)$")  # no leading zeros: one name per n
+_PATTERN_RE = re.compile(r"^(log_rv|log_parkinson|rv|mom|volume_z)_(\d+)$")
 LOG_RV_FLOOR = 1e-4  # annualised vol fraction; the same floor as regimetry.baselines.har_features
 _NEEDS = {
     "log_return": ("log_return",),
@@ -103,14 +103,14 @@ def _parse(name: str) -> tuple[str, int | None]:
         return name, None
     match = _PATTERN_RE.match(name)
     if match:
-        prefix, n = match.group(1), int(match.group(2))
+        prefix, digits = match.groups()
+        n = int(digits)
+        if n >= _PATTERNS[prefix] and digits[0] == "0":
+            # one name per window length, so that two spellings never make two columns of the same feature
+            raise ValueError(f"DataConfig.features: unknown feature {name!r}: write the window length without "
+                             f"leading zeros, {prefix}_{n}")
         if n >= _PATTERNS[prefix]:
             return prefix, n
-    padded = re.match(r"^(log_rv|log_parkinson|rv|mom|volume_z)_0+(\d+)$", name)
-    if padded and int(padded.group(2)) >= _PATTERNS[padded.group(1)]:
-        # one name per window length, so that two spellings never make two columns of the same feature
-        raise ValueError(f"DataConfig.features: unknown feature {name!r}: write the window length without leading "
-                         f"zeros, {padded.group(1)}_{int(padded.group(2))}")
     raise ValueError(f"DataConfig.features: unknown feature {name!r}; valid names are {valid_feature_description()}")
 
 
