@@ -27,7 +27,7 @@ Vaswani et al. 2017), a learnable position table, or no positional information a
 
 Reproduce: ``python experiments/03_encoding_ablation.py`` (two worker processes by default; ``--jobs 1``
 for one, ``--trials 20 --seeds 5`` for a larger budget, ``--dataset nasdaq`` for the robustness check,
-``--smoke`` for a run of 1.5-4 minutes).
+``--smoke`` for a run of 1-4 minutes).
 """
 
 import sys

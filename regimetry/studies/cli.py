@@ -57,7 +57,7 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
                         help="a data setting of regimetry.config.DataConfig, e.g. data.label_buckets=3, "
                              "data.timezone=America/New_York, data.leakage_check=error (repeatable; model and "
                              "training settings are the experiment's, fixed or tuned, so they cannot be set)")
-    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests (1.5-4 minutes on 2 cores)")
+    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests (1-4 minutes on 2 cores)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the papermill report")
     return parser
 
