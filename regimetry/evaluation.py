@@ -22,7 +22,10 @@ References:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
+import hashlib
 import math
 from typing import Any, Callable
 
@@ -70,10 +73,15 @@ def _accuracy(y: np.ndarray, pred: np.ndarray, num_classes: int) -> float:
     return float(np.mean(y == pred))
 
 
-def _log_loss(y: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+def _true_class_log_probs(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``(n,)`` log of each window's probability of its true class (clipped at 1e-15, rows renormalised)."""
     p = np.clip(probs, 1e-15, 1.0)
     p = p / p.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(p[np.arange(y.shape[0]), y])))
+    return np.log(p[np.arange(y.shape[0]), y])
+
+
+def _log_loss(y: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    return float(-np.mean(_true_class_log_probs(y, probs)))
 
 
 #: metric name -> (function(y_true, predictions, num_classes), needs probabilities)
@@ -223,23 +231,110 @@ def _check_block_length(block_length: int, n: int) -> int:
     return int(min(block_length, n))
 
 
-def _replicates(block: int, n_boot: int, seed: int, y_true: np.ndarray, stacks: list[np.ndarray],
-                resample_seeds: bool, statistic) -> np.ndarray:
-    """``n_boot`` values of ``statistic(y, *stacks)`` over circular-block resamples of the windows and,
-    if ``resample_seeds``, with-replacement resamples of each stack's seed axis (axis 1)."""
+@functools.lru_cache(maxsize=4)
+def _draws(block: int, n_boot: int, seed: int, n: int, seed_counts: tuple[int, ...],
+           resample_seeds: bool) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The resampled window indices ``(n_boot, n)`` and, per stack, the drawn seeds ``(n_boot, seeds)``
+    (read-only arrays, cached: a summary draws the same resamples for many comparisons).
+
+    One generator (``seed``) draws, replicate by replicate, the circular blocks and then each stack's
+    seeds (with replacement, when ``resample_seeds`` and the stack has more than one seed)."""
     rng = np.random.default_rng(seed)
-    bs = CircularBlockBootstrap(block, np.arange(y_true.shape[0]), seed=rng)
-    out = np.empty(n_boot)
+    bs = CircularBlockBootstrap(block, np.arange(n), seed=rng)
+    idx = np.empty((n_boot, n), dtype=np.intp)
+    picks = [np.broadcast_to(np.arange(s), (n_boot, s)).copy() for s in seed_counts]
     for r, (pos, _) in enumerate(bs.bootstrap(n_boot)):
-        idx = pos[0]
-        drawn = []
-        for stack in stacks:
-            rows = stack[idx]
-            if resample_seeds and stack.shape[1] > 1:
-                rows = rows[:, rng.integers(0, stack.shape[1], stack.shape[1])]
-            drawn.append(rows)
-        out[r] = statistic(y_true[idx], *drawn)
+        idx[r] = pos[0]
+        for drawn, s in zip(picks, seed_counts):
+            if resample_seeds and s > 1:
+                drawn[r] = rng.integers(0, s, s)
+    for arr in (idx, *picks):
+        arr.setflags(write=False)
+    return idx, tuple(picks)
+
+
+#: Windows x seeds gathered at once per batch of replicates (bounds a batch's memory to ~16 MB).
+_BATCH_ELEMENTS = 2_000_000
+#: Replicate scores already computed, keyed by the data's digest and the draws (see _replicate_scores).
+_SCORES: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+_SCORES_KEPT = 256
+
+
+def _digest(arr: np.ndarray) -> tuple:
+    arr = np.ascontiguousarray(arr)
+    return arr.shape, arr.dtype.str, hashlib.blake2b(arr.view(np.uint8).ravel(), digest_size=16).hexdigest()
+
+
+def _replicate_scores(metric: str, y_true: np.ndarray, stack: np.ndarray, num_classes: int, draws: tuple,
+                      which: int) -> np.ndarray:
+    """``seed_averaged_metric(metric, y_true[idx[r]], stack[idx[r]][:, picks[r]])`` for every replicate
+    ``r`` of ``_draws(*draws)`` (``picks`` = its stack ``which``): ``(n_boot,)`` float64.
+
+    Computed in batches of replicates: each window's contribution per seed once (its confusion-matrix
+    cell, or its log probability of the true class), each replicate's metric for every seed of
+    ``stack``, then the mean over the replicate's drawn seeds. The floating-point operations are those
+    of :func:`seed_averaged_metric` and every mean is NumPy's 1-D mean of the same values (:func:`_row_means`),
+    so the values equal it bit for bit (tests/test_evaluation.py). One replicate at a time, the 03
+    summary's 55 intervals took ~13 s (benchmarks/README.md). A result is kept for the same data and
+    draws: a summary scores each arm on the same resamples in several comparisons."""
+    key = (metric, num_classes, draws, which, _digest(y_true), _digest(stack))
+    if key in _SCORES:
+        _SCORES.move_to_end(key)
+        return _SCORES[key]
+    idx, picks = _draws(*draws)
+    picks = picks[which]
+    n_boot, n = idx.shape
+    seeds = stack.shape[1]
+    if METRICS[metric][1]:
+        # (seeds, n): per window, as _log_loss computes it for each seed's (n, k) rows
+        per_window = np.stack([_true_class_log_probs(y_true, stack[:, s]) for s in range(seeds)])
+    else:
+        per_window = np.ascontiguousarray((y_true[:, None] * num_classes + stack.astype(np.int64, copy=False)).T)
+    step = max(1, _BATCH_ELEMENTS // max(1, n * seeds))
+    out = np.empty(n_boot)
+    for start in range(0, n_boot, step):
+        gathered = per_window[:, idx[start:start + step]]  # (seeds, R, n)
+        if METRICS[metric][1]:
+            # mean over windows in the stack's dtype, then float64, as float(_log_loss(...)) per seed
+            values = (-_row_means(gathered.reshape(-1, n))).astype(np.float64).reshape(seeds, -1)
+        else:
+            values = _class_metric_batch(metric, gathered, num_classes)
+        per_seed = values.T  # (R, seeds): the metric of every seed of the stack on each replicate
+        drawn = np.take_along_axis(per_seed, picks[start:start + step], axis=1)
+        out[start:start + drawn.shape[0]] = _row_means(drawn)
+    _SCORES[key] = out
+    out.setflags(write=False)
+    if len(_SCORES) > _SCORES_KEPT:
+        _SCORES.popitem(last=False)
     return out
+
+
+def _row_means(a: np.ndarray) -> np.ndarray:
+    """``np.mean`` of every row of a 2-D array, called on each row: NumPy may sum a multi-axis
+    reduction in another order than a 1-D one, and the bootstrap's values must equal
+    :func:`seed_averaged_metric`'s bit for bit."""
+    return np.array([np.mean(row) for row in a], dtype=np.result_type(a.dtype, np.float16))
+
+
+def _class_metric_batch(metric: str, cells: np.ndarray, k: int) -> np.ndarray:
+    """``(seeds, R)`` values of a class-count metric from confusion-matrix cells ``true * k + pred``
+    ``(seeds, R, n)``, as :data:`METRICS` computes them from one ``(k, k)`` matrix."""
+    seeds, r, n = cells.shape
+    if metric == "accuracy":  # a mean of 0/1 values is exact in any order
+        return (cells // k == cells % k).mean(axis=2)
+    offset = np.arange(seeds * r).reshape(seeds, r, 1) * (k * k)
+    cm = np.bincount((cells + offset).ravel(), minlength=seeds * r * k * k).reshape(seeds * r, k, k)
+    tp = np.diagonal(cm, axis1=1, axis2=2)  # (seeds * R, k)
+    if metric == "balanced_accuracy":
+        support = cm.sum(axis=2)
+        present = support > 0  # like sklearn: classes absent from y_true are left out of the mean
+        recall = np.divide(tp, support, out=np.zeros(tp.shape), where=present)
+        return np.array([np.mean(v[p]) for v, p in zip(recall, present)]).reshape(seeds, r)
+    if metric == "macro_f1":
+        denom = cm.sum(axis=1) + cm.sum(axis=2)
+        f1 = np.divide(2 * tp.astype(float), denom, out=np.zeros(tp.shape), where=denom > 0)
+        return _row_means(f1).reshape(seeds, r)
+    raise ValueError(f"unknown metric {metric!r}; expected one of {sorted(METRICS)}")
 
 
 def block_bootstrap_ci(
@@ -273,8 +368,8 @@ def block_bootstrap_ci(
     _, needs_probs = METRICS[metric] if metric in METRICS else (None, False)
     stack = _as_seed_stack(predictions, needs_probs)
     estimate = seed_averaged_metric(metric, y_true, stack, num_classes)
-    reps = _replicates(block, n_boot, seed, y_true, [stack], resample_seeds,
-                       lambda y, p: seed_averaged_metric(metric, y, p, num_classes))
+    draws = (block, n_boot, seed, y_true.shape[0], (stack.shape[1],), resample_seeds)
+    reps = _replicate_scores(metric, y_true, stack, num_classes, draws, 0)
     lo, hi = np.quantile(reps, [0.5 - level / 2.0, 0.5 + level / 2.0])
     return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]))
 
@@ -319,11 +414,11 @@ def paired_block_bootstrap(
             f"A {a.shape[0]}, B {b.shape[0]}"
         )
 
-    def diff(y, pa, pb):
-        return seed_averaged_metric(metric, y, pa, num_classes) - seed_averaged_metric(metric, y, pb, num_classes)
-
-    estimate = float(diff(y_true, a, b))
-    reps = _replicates(block, n_boot, seed, y_true, [a, b], resample_seeds, diff)
+    estimate = float(seed_averaged_metric(metric, y_true, a, num_classes)
+                     - seed_averaged_metric(metric, y_true, b, num_classes))
+    draws = (block, n_boot, seed, y_true.shape[0], (a.shape[1], b.shape[1]), resample_seeds)
+    reps = (_replicate_scores(metric, y_true, a, num_classes, draws, 0)
+            - _replicate_scores(metric, y_true, b, num_classes, draws, 1))
     lo, hi = np.quantile(reps, [0.5 - level / 2.0, 0.5 + level / 2.0])
     se = float(np.std(reps, ddof=1)) if len(reps) > 1 else float("nan")
     return Interval(estimate, float(lo), float(hi), level, int(y_true.shape[0]), se=se)

@@ -154,3 +154,61 @@ def test_degenerate_blocks_are_flagged_with_their_share_of_the_pooled_evaluation
     assert "no high window(s)" in miss["reason"]
     assert small["reason"] == "5 windows < 2 bootstrap blocks of 21"
     assert degenerate_blocks([full, full], 3, block_length=21) == []
+
+
+def _replicates_one_at_a_time(metric, y, stacks, k, block, n_boot, seed, resample_seeds=True):
+    """The bootstrap's definition, one replicate at a time: the circular blocks, each stack's seeds,
+    then seed_averaged_metric on the drawn windows (A minus B for two stacks)."""
+    from arch.bootstrap import CircularBlockBootstrap
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for pos, _ in CircularBlockBootstrap(block, np.arange(y.size), seed=rng).bootstrap(n_boot):
+        idx = pos[0]
+        values = []
+        for stack in stacks:
+            rows = stack[idx]
+            if resample_seeds and stack.shape[1] > 1:
+                rows = rows[:, rng.integers(0, stack.shape[1], stack.shape[1])]
+            values.append(seed_averaged_metric(metric, y[idx], rows, k))
+        out.append(values[0] - values[1] if len(values) == 2 else values[0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("metric", ["balanced_accuracy", "macro_f1", "accuracy", "log_loss"])
+def test_batched_replicates_equal_one_replicate_at_a_time_bit_for_bit(metric):
+    # The bootstrap scores replicates in batches (evaluation._replicate_scores); its intervals must be
+    # those of the definition exactly, with absent classes, 1-10 seeds, float32 and float64 probabilities.
+    from regimetry import evaluation
+
+    rng = np.random.default_rng(23)
+    for case in range(12):
+        n, k = int(rng.integers(30, 700)), int(rng.integers(2, 11))
+        seeds_a, seeds_b = int(rng.integers(1, 11)), int(rng.integers(1, 4))
+        block, n_boot, seed, resample = int(rng.integers(1, 25)), int(rng.integers(5, 60)), case, case % 4 != 0
+        y = rng.integers(0, k, n)
+        if case % 3 == 0:
+            y[y == 0] = 1  # the first class absent from the truth
+        if metric == "log_loss":
+            dtype = np.float32 if case % 2 else np.float64
+            a = rng.dirichlet(np.ones(k), (n, seeds_a)).astype(dtype)
+            a[rng.random((n, seeds_a)) < 0.02] = 0.0
+            b = rng.dirichlet(np.ones(k), (n, seeds_b)).astype(dtype)
+        else:
+            a, b = rng.integers(0, k, (n, seeds_a)), rng.integers(0, k, (n, seeds_b))
+        one = _replicates_one_at_a_time(metric, y, [a], k, block, n_boot, seed, resample)
+        batched = evaluation._replicate_scores(metric, y, a, k, (block, n_boot, seed, n, (seeds_a,), resample), 0)
+        assert np.array_equal(batched, one), (case, np.max(np.abs(batched - one)))
+        one = _replicates_one_at_a_time(metric, y, [a, b], k, block, n_boot, seed, resample)
+        draws = (block, n_boot, seed, n, (seeds_a, seeds_b), resample)
+        batched = (evaluation._replicate_scores(metric, y, a, k, draws, 0)
+                   - evaluation._replicate_scores(metric, y, b, k, draws, 1))
+        assert np.array_equal(batched, one), (case, np.max(np.abs(batched - one)))
+    # and the public intervals are the quantiles of those replicates
+    y = _labels()
+    pred = np.stack([np.where(rng.random(y.size) < 0.6, y, (y + 1) % 3) for _ in range(3)], axis=1)
+    if metric == "log_loss":
+        pred = np.eye(3)[pred] * 0.8 + 0.2 / 3
+    ci = block_bootstrap_ci(metric, y, pred, 3, block_length=20, n_boot=200, seed=4)
+    one = _replicates_one_at_a_time(metric, y, [pred], 3, 20, 200, 4)
+    assert (ci.lower, ci.upper) == tuple(np.quantile(one, [0.5 - 0.95 / 2, 0.5 + 0.95 / 2]))
