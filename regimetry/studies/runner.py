@@ -46,6 +46,10 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
         print(f"== {ablation.name}: confirming best configurations ({budget.folds} blocks x {budget.seeds} seeds)",
               flush=True)
         summary = confirm_and_summarize(ctx, arm_list, tracking_uri, pool)
+        if pool is not None:
+            # Every worker task is done: the workers exit (TensorFlow's teardown, ~2-3 s) while this
+            # process logs and renders the report; leaving the pool's context waits for them.
+            pool.shutdown(wait=False)
         for arm_run_id in ctx.arm_run_ids.values():  # an arm's run spans its trials and confirmation runs
             tracking.extend_end_time(arm_run_id)
         tracking.set_tags({records.WALL_SECONDS: f"{time.monotonic() - started:.0f}"})
