@@ -160,6 +160,9 @@ def render_notebook(
             str(source), str(out_nb), parameters=params, kernel_name="python3", language="python",
             progress_bar=False, cwd=str(out_dir), execution_timeout=timeout,
             kernel_manager_class=_kernel_manager_class(),
+            # The notebooks only read (runs, studies, data) and papermill has saved every output by
+            # the end: kill the kernel instead of a graceful shutdown (~1.3 s of its atexit teardown).
+            shutdown_kernel="immediate",
         )
     except PapermillExecutionError as exc:
         _to_html(out_nb, out_html, quiet=True)
