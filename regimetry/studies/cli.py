@@ -10,6 +10,7 @@ resume).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from typing import Any, Callable, Sequence
 
@@ -95,6 +96,10 @@ def run_with_exit_codes(body: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished trials are stored; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        # Everything is written and closed: spare the interpreter's final garbage collections over the
+        # whole heap (pandas, MLflow, Optuna, SQLAlchemy objects), ~1.3 s of the process's exit.
+        gc.freeze()
     return 0
 
 
