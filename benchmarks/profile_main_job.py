@@ -53,7 +53,7 @@ PHASES = [
     ("regimetry.training", "metrics_from_probs", "metrics (scikit-learn)"),
     ("regimetry.scoring", "metrics_from_probs", "metrics (scikit-learn)"),
     ("keras", "Model.get_weights", "best-weights snapshots"),
-    ("regimetry.run_record", "attention_scores", "attention extraction"),
+    ("regimetry.models", "attention_scores", "attention extraction"),  # run_record imports it when called
     ("regimetry.plots", "confusion_matrix_figure", "figure drawing"),
     ("regimetry.plots", "training_curves", "figure drawing"),
     ("regimetry.plots", "attention_heatmaps", "figure drawing"),
