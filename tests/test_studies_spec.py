@@ -3,6 +3,7 @@ declarations, and arms checked before any budget is spent (issue 13)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -114,3 +115,18 @@ def test_the_ceiling_table_does_not_depend_on_the_order_runs_finish():
     again = ceiling_table(results[::-1], blocks=None)
     pd.testing.assert_frame_equal(table, again)
     assert list(table["arm"]) == ["a"] * 4 + ["b"] * 4 and list(table["path"][:4]) == [0, 0, 1, 1]
+
+
+def test_every_study_of_another_definition_is_named_with_its_delete_command(tmp_path, capsys):
+    """A change of the fixed settings changes every arm's study: the refusal names all of them and gives
+    the delete command of each (a fresh user deleted the one named and was refused again)."""
+    args = _args(tmp_path, "--stage", "tune", "--trials", "1")
+    assert studies.main(_tiny(), args) == 0
+    capsys.readouterr()
+    edited = dataclasses.replace(_tiny(), fixed={**_tiny().fixed, "model.ff_dim": 8})
+    assert studies.main(edited, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "ablation.fixed" in err and "likewise" in err, err
+    for name in ("tiny_ablation/mean", "tiny_ablation/last"):
+        assert f"optuna delete-study --study-name {name!r} --storage" in err, err

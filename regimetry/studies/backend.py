@@ -373,7 +373,9 @@ def ensure_study(storage, name: str, budget: Budget, seed: int, direction: str =
                                f"creating it?); delete it (optuna delete-study --study-name {name!r} --storage ...) "
                                "and re-run")
         time.sleep(0.5)
-    _refuse_other_identity(name, study.user_attrs.get(records.IDENTITY_ATTR), data_key)
+    changed = _identity_changes(study.user_attrs.get(records.IDENTITY_ATTR), data_key)
+    if changed:
+        _refuse_other_identity({name: changed})
     recorded = int(study.user_attrs[records.BUDGET_ATTR])
     if budget.trials_per_arm > recorded:
         _enqueue_slots(study, space, seed, recorded, budget.trials_per_arm)
@@ -533,12 +535,17 @@ def check_identity(storage, ablation: Ablation, arms, config: DataConfig) -> Non
             to start a new study.
     """
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    refused = {}
     for arm in arms:
         name = study_name(ablation, arm)
         if name not in existing:
             continue
         stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(records.IDENTITY_ATTR)
-        _refuse_other_identity(name, stored, study_key(ablation, arm, config))
+        changed = _identity_changes(stored, study_key(ablation, arm, config))
+        if changed:
+            refused[name] = changed
+    if refused:
+        _refuse_other_identity(refused)
 
 
 def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
@@ -555,15 +562,23 @@ def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
             "--stage tune (or --stage all) with the same --storage first")
 
 
-def _refuse_other_identity(name: str, stored: str | None, key: str | None) -> None:
+def _identity_changes(stored: str | None, key: str | None) -> dict[str, tuple]:
+    """What differs between a stored study identity and this run's, as ``{field: (stored, now)}``."""
     if key is None or stored is None or stored == key:
-        return
+        return {}
     old, new = json.loads(stored), json.loads(key)
-    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def _refuse_other_identity(refused: dict[str, dict[str, tuple]]) -> None:
+    """Raise for the studies of another definition, naming each and how to start every one of them anew."""
+    (name, changed), *others = refused.items()
+    also = f" (and {', '.join(repr(n) for n in refused if n != name)}, likewise)" if others else ""
+    deletes = "; ".join(f"optuna delete-study --study-name {n!r} --storage ..." for n in refused)
     raise ValueError(
         f"Optuna study {name!r} in this storage was tuned on other data or another arm definition "
-        f"({changed} as (stored, now)); resuming it would mix trials of two experiments. Use another "
-        f"--storage, or delete the study (optuna delete-study --study-name {name!r} --storage ...)."
+        f"({changed} as (stored, now)){also}; resuming would mix trials of two experiments. Use another "
+        f"--storage, or delete {'them' if others else 'the study'} ({deletes})."
     )
 
 
