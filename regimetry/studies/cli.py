@@ -112,6 +112,10 @@ def options_from_args(ablation: Ablation, args: argparse.Namespace) -> RunOption
     arms = tuple(a.strip() for a in args.arms.split(",")) if args.arms else None
     for name in arms or ():
         ablation.arm(name)
+    repeated = sorted({name for name in arms or () if arms.count(name) > 1})
+    if repeated:
+        raise ValueError(f"--arms: {', '.join(repr(n) for n in repeated)} given more than once (got {args.arms!r}); "
+                         "each arm is tuned and confirmed once")
     if args.jobs < 1:
         raise ValueError(f"--jobs: must be >= 1, got {args.jobs}")
     if args.paths < 1:
