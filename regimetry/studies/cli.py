@@ -10,6 +10,7 @@ resume).
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import sys
 from typing import Any, Callable, Sequence
@@ -23,6 +24,13 @@ from regimetry.studies.spec import (DEFAULT_JOBS, Ablation, BudgetIncomplete, No
                                     control_ablation)
 
 __all__ = ["build_parser", "main", "options_from_args"]
+
+
+# An experiment script's exit collected garbage over its whole heap (pandas, MLflow, Optuna, SQLAlchemy
+# objects): 1.3 s after the results were written (benchmarks/README.md, "Fifth round"). Freezing the
+# heap in an exit hook leaves those objects to the operating system; a process that goes on (tests, a
+# notebook calling main()) is unaffected until it exits.
+atexit.register(gc.freeze)
 
 
 def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
@@ -96,10 +104,6 @@ def run_with_exit_codes(body: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished trials are stored; re-run the same command to resume", file=sys.stderr)
         return 130
-    finally:
-        # Everything is written and closed: spare the interpreter's final garbage collections over the
-        # whole heap (pandas, MLflow, Optuna, SQLAlchemy objects), ~1.3 s of the process's exit.
-        gc.freeze()
     return 0
 
 
