@@ -120,12 +120,16 @@ def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
     # the references' own pooled scores, and the MDE of every comparison
     assert "summary/references.csv" in _artifacts(parent["run_id"], smoke_03["uri"], "summary")
     assert "(reference, same folds)" in smoke_03["stdout"]
+    # one seed per block: no zero-width "interval" over seeds, and counts read as English (fresh-user finding)
+    assert "(1 seed: no interval)" in smoke_03["stdout"] and "(2 blocks x 1 seed)" in smoke_03["stdout"]
     for name in ("har_rv", "persistence"):
         assert 0.0 <= parent[f"metrics.reference/{name}/test/balanced_accuracy_pooled"] <= 1.0
     arm_runs = runs[runs["tags.stage"] == "arm"]
     assert arm_runs["metrics.confirm/mde_vs_har_rv/balanced_accuracy"].notna().all()
-    # the papermill report: in reports/ of the working directory and on the parent run
-    report_dir = smoke_03["root"] / "reports" / "03_encoding_ablation"
+    # the papermill report: in reports/smoke/ of the working directory (a smoke run never replaces the
+    # full run's reports/03_encoding_ablation/) and on the parent run
+    report_dir = smoke_03["root"] / "reports" / "smoke" / "03_encoding_ablation"
+    assert not (smoke_03["root"] / "reports" / "03_encoding_ablation").exists()
     assert (report_dir / "ablation_report.ipynb").is_file() and (report_dir / "ablation_report.html").is_file()
     logged = _artifacts(parent["run_id"], smoke_03["uri"], "report")
     assert {"report/ablation_report.ipynb", "report/ablation_report.html"} <= logged

@@ -279,6 +279,7 @@ def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, 
     (["--set", "data.no_such_field=1"], r"no_such_field"),
     (["--dataset", "sp500", "--folds", "1000"], r"--folds / DataConfig.num_folds=1000: .* use at most \d+ folds"),
     (["--arms", "mean,last,mean"], r"--arms: 'mean' given more than once"),  # fresh-user finding: was dropped silently
+    (["--arms", " "], r"--arms: empty; name one or more of \['mean', 'last'\]"),  # fresh-user finding: meant all arms
 ])
 def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_path, capsys):
     """Issue 14 (found by a new-user check): each bad option is one line naming it, exit 2, no MLflow run."""

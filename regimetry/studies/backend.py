@@ -526,8 +526,10 @@ def arm_study(storage, ablation: Ablation, arm: Arm, budget: Budget, seed: int, 
                         data_key=study_key(ablation, arm, config), space=ablation.nuisance)
 
 
-def check_identity(storage, ablation: Ablation, arms, config: DataConfig) -> None:
+def check_identity(storage, ablation: Ablation, arms, config: DataConfig, storage_url: str | None = None) -> None:
     """Refuse, before anything is written, to resume a stored study of another definition.
+
+    ``storage_url`` (password redacted) goes into the suggested ``optuna delete-study`` commands.
 
     Raises:
         ValueError: an arm's stored study was tuned on other data or for another definition of the arm,
@@ -545,7 +547,7 @@ def check_identity(storage, ablation: Ablation, arms, config: DataConfig) -> Non
         if changed:
             refused[name] = changed
     if refused:
-        _refuse_other_identity(refused)
+        _refuse_other_identity(refused, storage_url)
 
 
 def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
@@ -570,15 +572,17 @@ def _identity_changes(stored: str | None, key: str | None) -> dict[str, tuple]:
     return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
-def _refuse_other_identity(refused: dict[str, dict[str, tuple]]) -> None:
+def _refuse_other_identity(refused: dict[str, dict[str, tuple]], storage_url: str | None = None) -> None:
     """Raise for the studies of another definition, naming each and how to start every one of them anew."""
     (name, changed), *others = refused.items()
     also = f" (and {', '.join(repr(n) for n in refused if n != name)}, likewise)" if others else ""
-    deletes = "; ".join(f"optuna delete-study --study-name {n!r} --storage ..." for n in refused)
+    where = redact_url(storage_url) if storage_url else "..."
+    deletes = "; ".join(f"optuna delete-study --study-name {n!r} --storage {where}" for n in refused)
     raise ValueError(
-        f"Optuna study {name!r} in this storage was tuned on other data or another arm definition "
-        f"({changed} as (stored, now)){also}; resuming would mix trials of two experiments. Use another "
-        f"--storage, or delete {'them' if others else 'the study'} ({deletes})."
+        f"Optuna study {name!r} in {where if storage_url else 'this storage'} was tuned on other data or another "
+        f"arm definition ({changed} as (stored, now)){also}; resuming would mix trials of two experiments. Give "
+        f"this run its own --storage (and --tracking-uri), or delete {'them' if others else 'the study'}, "
+        f"losing their trials ({deletes})."
     )
 
 

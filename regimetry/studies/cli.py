@@ -66,7 +66,9 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
                         help="a data setting of regimetry.config.DataConfig, e.g. data.label_buckets=3, "
                              "data.timezone=America/New_York, data.leakage_check=error (repeatable; model and "
                              "training settings are the experiment's, fixed or tuned, so they cannot be set)")
-    parser.add_argument("--smoke", action="store_true", help="tiny budget, for tests (1-4 minutes on 2 cores)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny budget, for tests (1-4 minutes on 2 cores; its report goes to "
+                             "reports/smoke/<experiment>/)")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the papermill report")
     return parser
 
@@ -113,6 +115,9 @@ def options_from_args(ablation: Ablation, args: argparse.Namespace) -> RunOption
     Raises:
         ValueError: a bad option, in one line naming it.
     """
+    if args.arms is not None and not args.arms.strip():
+        raise ValueError(f"--arms: empty; name one or more of {[a.name for a in ablation.arms]} (comma-separated), "
+                         "or leave the option out for all of them")
     arms = tuple(a.strip() for a in args.arms.split(",")) if args.arms else None
     for name in arms or ():
         ablation.arm(name)

@@ -22,9 +22,14 @@ from regimetry.studies import backend
 from regimetry.studies.confirm import confirm_and_summarize
 from regimetry.studies.context import WorkerContext, evaluation_blocks, init_worker
 from regimetry.studies.spec import Ablation, Arm, Budget, ReportFailed, RunOptions, data_config, study_name, validate_arms
+from regimetry.studies.summary import plural
 from regimetry.studies.tuning import check_budget_complete, run_worker
 
-__all__ = ["run_ablation"]
+__all__ = ["run_ablation", "SMOKE_REPORTS"]
+
+#: Where a ``--smoke`` run renders its report (``<SMOKE_REPORTS>/<experiment>/``), so that it never
+#: replaces the full run's ``reports/<experiment>/``.
+SMOKE_REPORTS = "reports/smoke"
 
 
 def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
@@ -37,13 +42,15 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
         ctx = _open_session(ablation, options, budget, config, arm_list, parent.run_id)
         names = [a.name for a in arm_list]
         if options.stage in ("all", "tune"):
-            print(f"== {ablation.name}: tuning {len(arm_list)} arms x {budget.trials_per_arm} trials "
+            print(f"== {ablation.name}: tuning {plural(len(arm_list), 'arm')} x "
+                  f"{plural(budget.trials_per_arm, 'trial')} "
                   f"(storage {redact_url(storage_url)}, {options.jobs} process(es))", flush=True)
             _tune(pool, options.jobs, ctx, names)
         if options.stage == "tune":
             return {}
         check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
-        print(f"== {ablation.name}: confirming best configurations ({budget.folds} blocks x {budget.seeds} seeds)",
+        print(f"== {ablation.name}: confirming best configurations ({plural(budget.folds, 'block')} x "
+              f"{plural(budget.seeds, 'seed')})",
               flush=True)
         summary = confirm_and_summarize(ctx, arm_list, tracking_uri, pool)
         if pool is not None:
@@ -85,7 +92,7 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     # a bad --storage fails here, before any MLflow run exists; so does a stored study of another definition.
     local_file = backend.storage_file(storage_url)
     is_new = local_file is not None and not local_file.exists()
-    backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config)
+    backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config, storage_url)
     if is_new:  # say so: a mistyped --storage path would otherwise start from scratch silently
         print(f"== {ablation.name}: new Optuna storage {local_file.resolve()} (no such file before)", flush=True)
     if options.stage == "confirm":
@@ -135,10 +142,12 @@ def _render_report(ablation: Ablation, options: RunOptions, summary: dict[str, A
     """
     if not options.report:
         return None
-    print(f"== {ablation.name}: rendering the report into reports/{ablation.name}/", flush=True)
+    # A smoke run's report has a directory of its own: it must not replace the full run's (fresh-user finding).
+    root = SMOKE_REPORTS if options.smoke else "reports"
+    print(f"== {ablation.name}: rendering the report into {root}/{ablation.name}/", flush=True)
     try:
         paths = reports.render_ablation_report(ablation.name, tracking_uri=tracking_uri, storage=storage_url,
-                                               parent_run_id=parent_run_id)
+                                               parent_run_id=parent_run_id, output_dir=root)
     except (reports.ReportError, ValueError) as exc:
         tracking.set_tags({records.REPORT_ERROR: str(exc)[:4000]})
         return exc

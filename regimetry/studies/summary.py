@@ -22,7 +22,7 @@ from regimetry.config import ModelConfig, TrainConfig
 from regimetry.data.controls import get_control
 from regimetry.studies.spec import METRICS_OF_RECORD, Ablation, Budget
 
-__all__ = ["ArmConfirmation", "summarize", "markdown", "control_checks", "predictions_frame", "ceiling_table",
+__all__ = ["ArmConfirmation", "summarize", "markdown", "plural", "control_checks", "predictions_frame", "ceiling_table",
            "timing"]
 
 
@@ -154,18 +154,26 @@ def _differences(pooled: dict[str, tuple[np.ndarray, np.ndarray]], arms: list[st
     return rows
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def markdown(summary: dict[str, Any], ablation: Ablation, budget: Budget) -> str:
     arms = summary["arms"]
     lines = [f"# {ablation.name}", "", f"**Question.** {ablation.question}", "",
              f"Scientific hyperparameter: {ablation.scientific}. Budget: {budget.trials_per_arm} trials per arm, "
-             f"max {budget.max_epochs} epochs, {budget.folds} folds x {budget.seeds} seeds in confirmation; "
+             f"max {budget.max_epochs} epochs, {plural(budget.folds, 'fold')} x {plural(budget.seeds, 'seed')} "
+             "in confirmation; "
              f"block length {summary['block_length']} windows.", "",
              "| arm | best val | balanced acc. (seed mean, 95% CI) | pooled balanced acc. [block bootstrap 95%] | "
              "macro-F1 | log loss | pruned | failed |", "|---|---|---|---|---|---|---|---|"]
     for _, r in arms.iterrows():
+        # one seed has no spread to bound: say so rather than print a zero-width interval
+        seed_ci = (f"[{r['balanced_accuracy_seed_ci_low']:.3f}, {r['balanced_accuracy_seed_ci_high']:.3f}]"
+                   if r["seeds"] > 1 else "(1 seed: no interval)")
         lines.append(
-            f"| {r['arm']} | {r['best_val']:.3f} | {r['balanced_accuracy_mean']:.3f} "
-            f"[{r['balanced_accuracy_seed_ci_low']:.3f}, {r['balanced_accuracy_seed_ci_high']:.3f}] | "
+            f"| {r['arm']} | {r['best_val']:.3f} | {r['balanced_accuracy_mean']:.3f} {seed_ci} | "
             f"{r['balanced_accuracy_pooled']:.3f} [{r['balanced_accuracy_boot_ci_low']:.3f}, "
             f"{r['balanced_accuracy_boot_ci_high']:.3f}] | {r['macro_f1_pooled']:.3f} | {r['log_loss_pooled']:.3f} | "
             f"{r['fraction_pruned']:.0%} | {r['fraction_failed']:.0%} |")
