@@ -254,5 +254,13 @@ def test_stage_confirm_without_tuning_refuses_before_writing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "--stage confirm" in err[0] and "--stage tune" in err[0] and "sinusoidal_interleaved" in err[0]
-    assert optuna.get_all_study_summaries(storage) == []
+    # no file is left behind either (fresh-user finding: an empty optuna.db and mlflow.db were)
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlruns").exists()
+    # an existing storage without the studies: refused by the study check, still without a run
+    optuna.create_study(study_name="unrelated", storage=storage)
+    assert studies.main(_load("03_encoding_ablation"),
+                        ["--smoke", "--dataset", "synthetic", "--no-report", "--jobs", "1", "--stage", "confirm",
+                         "--tracking-uri", uri, "--storage", storage]) == 2
+    assert "no tuning study for arm(s)" in capsys.readouterr().err
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["unrelated"]
     assert len(tracking.search_runs("03_encoding_ablation", tracking_uri=uri)) == 0

@@ -80,6 +80,12 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     storage_url = options.storage or backend.DEFAULT_STORAGE
     backend.check_storage(storage_url)  # its form and file, before the data are prepared or any store exists
     arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
+    local_file = backend.storage_file(storage_url)
+    if options.stage == "confirm" and local_file is not None and not local_file.exists():
+        # nothing was tuned there: refuse before creating this file or the MLflow store (fresh-user finding)
+        raise ValueError(f"--stage confirm: no tuning study for arm(s) {[a.name for a in arm_list]}: "
+                         f"{local_file.resolve()} does not exist; run --stage tune (or --stage all) with the "
+                         "same --storage first")
     # Prepare (and so validate) the data first: a bad CSV, feature name or option fails with one clear
     # message before any MLflow store, run, Optuna study, trial or worker process exists.
     blocks = evaluation_blocks(config, options, budget)
@@ -90,7 +96,6 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
           f"{blocks[0].window_size} x {blocks[0].num_features})", flush=True)
     # Open (and so validate) the storage too, creating its schema once before any worker starts:
     # a bad --storage fails here, before any MLflow run exists; so does a stored study of another definition.
-    local_file = backend.storage_file(storage_url)
     is_new = local_file is not None and not local_file.exists()
     backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config, storage_url)
     if is_new:  # say so: a mistyped --storage path would otherwise start from scratch silently
