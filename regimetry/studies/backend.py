@@ -45,7 +45,7 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 OWNER_ATTR = records.OWNER_ATTR
 CREATOR_ATTR = records.CREATOR_ATTR
 
-__all__ = ["DEFAULT_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity",
+__all__ = ["DEFAULT_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity", "refuse_untuned",
            "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "Heartbeat",
            "study_names", "study_trials_frame", "param_importances", "storage_file", "best_configurations"]
 
@@ -559,9 +559,13 @@ def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     missing = [arm.name for arm in arms if study_name(ablation, arm) not in existing]
     if missing:
-        raise ValueError(
-            f"--stage confirm: no tuning study for arm(s) {missing} in {redact_url(storage_url)}; run "
-            "--stage tune (or --stage all) with the same --storage first")
+        refuse_untuned(missing, f"in {redact_url(storage_url)}")
+
+
+def refuse_untuned(arm_names: list[str], where: str) -> None:
+    """Raise the one-line refusal of ``--stage confirm`` for arms without a tuning study (``where``: why)."""
+    raise ValueError(f"--stage confirm: no tuning study for arm(s) {arm_names} {where}; run --stage tune (or "
+                     "--stage all) with the same --storage first")
 
 
 def _identity_changes(stored: str | None, key: str | None) -> dict[str, tuple]:

@@ -83,9 +83,7 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     local_file = backend.storage_file(storage_url)
     if options.stage == "confirm" and local_file is not None and not local_file.exists():
         # nothing was tuned there: refuse before creating this file or the MLflow store (fresh-user finding)
-        raise ValueError(f"--stage confirm: no tuning study for arm(s) {[a.name for a in arm_list]}: "
-                         f"{local_file.resolve()} does not exist; run --stage tune (or --stage all) with the "
-                         "same --storage first")
+        backend.refuse_untuned([a.name for a in arm_list], f"({local_file.resolve()} does not exist)")
     # Prepare (and so validate) the data first: a bad CSV, feature name or option fails with one clear
     # message before any MLflow store, run, Optuna study, trial or worker process exists.
     blocks = evaluation_blocks(config, options, budget)
