@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated control tasks (default all: {','.join(CONTROL_TASKS)})")
     parser.add_argument("--trials", type=int, help="Optuna trials per arm (default 4)")
     parser.add_argument("--max-epochs", type=int, help="epoch cap per training run (default 12)")
+    parser.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 4)")
     parser.add_argument("--seeds", type=int, help="confirmation seeds per data set (default 2)")
     parser.add_argument("--paths", type=int, default=2, help="independently simulated data sets (default 2)")
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///mlruns/optuna.db)")
@@ -140,7 +141,7 @@ def _run_control(task: str, args: argparse.Namespace) -> tuple[pd.DataFrame, str
     control = get_control(task)
     ablation, copy_arm = control_ablation(load_ablation(control.ablation), task, smoke=args.smoke)
     options = RunOptions(dataset=f"control:{task}", trials=args.trials, max_epochs=args.max_epochs,
-                         seeds=args.seeds, storage=args.storage, tracking_uri=args.tracking_uri,
+                         patience=args.patience, seeds=args.seeds, storage=args.storage, tracking_uri=args.tracking_uri,
                          seed=args.seed, smoke=args.smoke, report=args.report, jobs=args.jobs,
                          paths=args.paths)
     started = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from pg_cluster import fresh_database
-from regimetry import processes, studies, tracking
+from regimetry import processes, records, studies, tracking
 from regimetry.studies import backend, context
 from regimetry.studies import summary as study_summary
 from regimetry.studies import Ablation, Arm, Budget, Categorical, Float, SearchSpace
@@ -280,6 +281,7 @@ def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, 
     (["--dataset", "sp500", "--folds", "1000"], r"--folds / DataConfig.num_folds=1000: .* use at most \d+ folds"),
     (["--arms", "mean,last,mean"], r"--arms: 'mean' given more than once"),  # fresh-user finding: was dropped silently
     (["--arms", " "], r"--arms: empty; name one or more of \['mean', 'last'\]"),  # fresh-user finding: meant all arms
+    (["--patience", "0"], r"--patience: must be >= 1, got 0"),
 ])
 def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_path, capsys):
     """Issue 14 (found by a new-user check): each bad option is one line naming it, exit 2, no MLflow run."""
@@ -288,6 +290,29 @@ def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_pa
     err = capsys.readouterr().err.strip()
     assert re.search(message, err) and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert _runs(tmp_path, "tiny_ablation").empty
+
+
+def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_budget_is_refused(tmp_path, capsys):
+    """A stored study's trials keep the epoch cap and patience they trained with: a resume under others
+    would mix two budgets (and its confirmation runs would silently keep the stored trials' settings,
+    since they retrain the best trial's configuration), so it is refused, naming the options and the
+    stored values, before anything is written."""
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--patience", "2")) == 0
+    trials = _study(tmp_path, "tiny_ablation/mean").trials
+    assert {json.loads(t.user_attrs[records.TRAIN_CONFIG_ATTR])["patience"] for t in trials} == {2}
+    runs_before = len(_runs(tmp_path, "tiny_ablation"))
+    capsys.readouterr()
+    for extra, message in ((["--patience", "3"], r"--patience 3 \(its trials: 2\) .*Re-run with --patience 2,"),
+                           (["--max-epochs", "1"], r"--max-epochs 1 \(its trials: 2\), --patience 1 \(its trials: 2\)")):
+        assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", *extra)) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.search(r"'tiny_ablation/mean' in sqlite:///.* was tuned with another training budget: this run asks "
+                         + message, err), err
+        assert "'tiny_ablation/last', likewise" in err and "optuna delete-study --study-name 'tiny_ablation/last'" in err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert len(_runs(tmp_path, "tiny_ablation")) == runs_before
+    assert len(_study(tmp_path, "tiny_ablation/mean").trials) == len(trials)
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--patience", "2")) == 0  # same budget: resumes
 
 
 def test_a_bad_feature_name_creates_no_store_file(tmp_path, capsys):

@@ -526,15 +526,18 @@ def arm_study(storage, ablation: Ablation, arm: Arm, budget: Budget, seed: int, 
                         data_key=study_key(ablation, arm, config), space=ablation.nuisance)
 
 
-def check_identity(storage, ablation: Ablation, arms, config: DataConfig, storage_url: str | None = None) -> None:
-    """Refuse, before anything is written, to resume a stored study of another definition.
+def check_identity(storage, ablation: Ablation, arms, config: DataConfig, storage_url: str | None = None,
+                   budget: Budget | None = None) -> None:
+    """Refuse, before anything is written, to resume a stored study of another definition or, with ``budget``,
+    whose trials trained with another epoch cap or patience (:data:`TRAINING_BUDGET_OPTIONS`).
 
     ``storage_url`` (password redacted) goes into the suggested ``optuna delete-study`` commands.
 
     Raises:
         ValueError: an arm's stored study was tuned on other data or for another definition of the arm,
             its fixed settings or nuisance space (:func:`regimetry.studies.spec.study_key`), saying how
-            to start a new study.
+            to start a new study; or its trials trained with another ``max_epochs`` or ``patience`` than
+            ``budget``'s, naming the options and the stored values.
     """
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     refused = {}
@@ -548,6 +551,43 @@ def check_identity(storage, ablation: Ablation, arms, config: DataConfig, storag
             refused[name] = changed
     if refused:
         _refuse_other_identity(refused, storage_url)
+    if budget is not None:
+        _check_training_budget(storage, [study_name(ablation, arm) for arm in arms if study_name(ablation, arm) in existing],
+                               budget, storage_url)
+
+
+#: The budget fields every trial of a study trains with (``TrainConfig`` fields set from :class:`Budget`), each
+#: with the option that sets it. Trials of one study must share them: a resumed study whose trials trained
+#: 15 epochs would otherwise take trials of 5 under ``--max-epochs 5``, and its confirmation runs would
+#: silently keep the stored trials' 15 (they retrain the best trial's configuration).
+TRAINING_BUDGET_OPTIONS = {"max_epochs": "--max-epochs", "patience": "--patience"}
+
+
+def _check_training_budget(storage, names: list[str], budget: Budget, storage_url: str | None) -> None:
+    """Refuse to resume stored studies whose trials trained with another epoch cap or patience.
+
+    Raises:
+        ValueError: naming the first such study, each option that differs with its stored and new value,
+            and how to go on (the stored values, a new ``--storage``, or deleting the studies).
+    """
+    refused: dict[str, dict[str, tuple]] = {}
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=storage)
+        stored = next((json.loads(t.user_attrs[records.TRAIN_CONFIG_ATTR]) for t in study.get_trials(deepcopy=False)
+                       if records.TRAIN_CONFIG_ATTR in t.user_attrs), None)
+        if stored is None:  # no trial has trained yet: nothing to mix
+            continue
+        changed = {option: (stored.get(field), getattr(budget, field))
+                   for field, option in TRAINING_BUDGET_OPTIONS.items() if stored.get(field) != getattr(budget, field)}
+        if changed:
+            refused[name] = changed
+    if not refused:
+        return
+    changed = next(iter(refused.values()))
+    asked = ", ".join(f"{option} {new} (its trials: {old})" for option, (old, new) in changed.items())
+    same = " ".join(f"{option} {old}" for option, (old, _) in changed.items())
+    _refuse_resume(refused, storage_url, f"was tuned with another training budget: this run asks {asked}",
+                   "trials of two budgets", f"Re-run with {same}, give")
 
 
 def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
@@ -578,15 +618,22 @@ def _identity_changes(stored: str | None, key: str | None) -> dict[str, tuple]:
 
 def _refuse_other_identity(refused: dict[str, dict[str, tuple]], storage_url: str | None = None) -> None:
     """Raise for the studies of another definition, naming each and how to start every one of them anew."""
-    (name, changed), *others = refused.items()
-    also = f" (and {', '.join(repr(n) for n in refused if n != name)}, likewise)" if others else ""
+    changed = next(iter(refused.values()))
+    _refuse_resume(refused, storage_url, f"was tuned on other data or another arm definition ({changed} as (stored, now))",
+                   "trials of two experiments")
+
+
+def _refuse_resume(refused: dict[str, Any], storage_url: str | None, why: str, mixed: str, give: str = "Give") -> None:
+    """Raise the one-line refusal to resume the studies ``refused`` (the first named with ``why``): what
+    resuming would mix, and how to go on: its own ``--storage``, or runnable delete commands for each."""
+    name, *others = refused
     where = redact_url(storage_url) if storage_url else "..."
+    also = f" (and {', '.join(repr(n) for n in others)}, likewise)" if others else ""
     deletes = "; ".join(f"optuna delete-study --study-name {n!r} --storage {where}" for n in refused)
     raise ValueError(
-        f"Optuna study {name!r} in {where if storage_url else 'this storage'} was tuned on other data or another "
-        f"arm definition ({changed} as (stored, now)){also}; resuming would mix trials of two experiments. Give "
-        f"this run its own --storage (and --tracking-uri), or delete {'them' if others else 'the study'}, "
-        f"losing their trials ({deletes})."
+        f"Optuna study {name!r} in {where if storage_url else 'this storage'} {why}{also}; resuming would mix "
+        f"{mixed}. {give} this run its own --storage (and --tracking-uri), or delete "
+        f"{'them' if others else 'the study'}, losing their trials ({deletes})."
     )
 
 

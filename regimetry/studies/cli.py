@@ -45,6 +45,8 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     parser.add_argument("--target", help="forward_vol_regime (default on market data), true_regime, column:<name>")
     parser.add_argument("--trials", type=int, help=f"Optuna trials per arm (default {b.trials_per_arm})")
     parser.add_argument("--max-epochs", type=int, help=f"epoch cap per training run (default {b.max_epochs})")
+    parser.add_argument("--patience", type=int, help="early stopping: epochs without a better validation score "
+                                                     f"before a run stops (default {b.patience})")
     parser.add_argument("--seeds", type=int, help=f"confirmation seeds per fold (default {b.seeds})")
     parser.add_argument("--folds", type=int, help=f"walk-forward folds / synthetic paths (default {b.folds})")
     parser.add_argument("--paths", type=int, default=3, help="synthetic data and control tasks: independently simulated paths")
@@ -136,7 +138,7 @@ def options_from_args(ablation: Ablation, args: argparse.Namespace) -> RunOption
     data_settings = _data_settings(args.overrides)
     options = RunOptions(
         dataset=args.dataset, csv=args.csv, target=args.target, trials=args.trials, max_epochs=args.max_epochs,
-        seeds=args.seeds, folds=args.folds, storage=args.storage, tracking_uri=args.tracking_uri, seed=args.seed,
+        patience=args.patience, seeds=args.seeds, folds=args.folds, storage=args.storage, tracking_uri=args.tracking_uri, seed=args.seed,
         smoke=args.smoke, report=args.report, jobs=args.jobs, stage=args.stage, arms=arms, paths=args.paths,
         folds_start=args.folds_start, data_settings=data_settings,
     )

@@ -95,7 +95,7 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     # Open (and so validate) the storage too, creating its schema once before any worker starts:
     # a bad --storage fails here, before any MLflow run exists; so does a stored study of another definition.
     is_new = local_file is not None and not local_file.exists()
-    backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config, storage_url)
+    backend.check_identity(backend.resolve_storage(storage_url), ablation, arm_list, config, storage_url, budget)
     if is_new:  # say so: a mistyped --storage path would otherwise start from scratch silently
         print(f"== {ablation.name}: new Optuna storage {local_file.resolve()} (no such file before)", flush=True)
     if options.stage == "confirm":

@@ -384,6 +384,7 @@ class RunOptions:
     target: str | None = None
     trials: int | None = None
     max_epochs: int | None = None
+    patience: int | None = None
     seeds: int | None = None
     folds: int | None = None
     storage: str | None = None
@@ -402,9 +403,10 @@ class RunOptions:
     def budget(self, ablation: Ablation) -> Budget:
         base = ablation.smoke_budget if self.smoke else ablation.budget
         updates = {k: v for k, v in (("trials_per_arm", self.trials), ("max_epochs", self.max_epochs),
-                                     ("seeds", self.seeds), ("folds", self.folds)) if v is not None}
+                                     ("patience", self.patience), ("seeds", self.seeds), ("folds", self.folds))
+                   if v is not None}
         budget = dataclasses.replace(base, **updates)
-        for field in ("trials_per_arm", "max_epochs", "seeds", "folds"):
+        for field in ("trials_per_arm", "max_epochs", "patience", "seeds", "folds"):
             if getattr(budget, field) < 1:
                 raise ValueError(f"--{field.replace('_per_arm', '').replace('_', '-')}: must be >= 1, got {getattr(budget, field)}")
         return budget
