@@ -282,6 +282,9 @@ def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, 
     (["--arms", "mean,last,mean"], r"--arms: 'mean' given more than once"),  # fresh-user finding: was dropped silently
     (["--arms", " "], r"--arms: empty; name one or more of \['mean', 'last'\]"),  # fresh-user finding: meant all arms
     (["--patience", "0"], r"--patience: must be >= 1, got 0"),
+    # fresh-user finding: a date the user typed outside the data moved the test blocks with a warning, exit 0
+    (["--dataset", "sp500", "--folds-start", "2030-01-01"],
+     r"--folds-start 2030-01-01: lies outside the samples' period \(\d{4}-\d\d-\d\d \.\. 20\d\d-\d\d-\d\d\); give a date inside it"),
 ])
 def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_path, capsys):
     """Issue 14 (found by a new-user check): each bad option is one line naming it, exit 2, no MLflow run."""

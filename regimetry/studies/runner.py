@@ -14,10 +14,12 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from typing import Any
 
 from regimetry import processes, records, reports, tracking
 from regimetry.config import DataConfig, redact_url
+from regimetry.data import RegimetryDataWarning
 from regimetry.studies import backend
 from regimetry.studies.confirm import confirm_and_summarize
 from regimetry.studies.context import WorkerContext, evaluation_blocks, init_worker
@@ -86,7 +88,7 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
         backend.refuse_untuned([a.name for a in arm_list], f"({local_file.resolve()} does not exist)")
     # Prepare (and so validate) the data first: a bad CSV, feature name or option fails with one clear
     # message before any MLflow store, run, Optuna study, trial or worker process exists.
-    blocks = evaluation_blocks(config, options, budget)
+    blocks = _blocks(config, options, budget)
     tracking_uri = tracking.configure(options.tracking_uri)  # validates the store before anything is written
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     print(f"== {ablation.name}: {config.dataset_name}, {len(blocks)} evaluation block(s); tuning on block 0 "
@@ -104,6 +106,20 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     if ended:
         print(f"== {ablation.name}: ended {len(ended)} MLflow run(s) KILLED whose process is gone", flush=True)
     return budget, config, arm_list, tracking_uri, storage_url
+
+
+def _blocks(config: DataConfig, options: RunOptions, budget: Budget) -> list:
+    """The evaluation blocks; a ``--folds-start`` the user gave outside the data's period is refused (the data
+    layer falls back to the first 40 % of the samples with a warning, for default dates on simulated paths)."""
+    with warnings.catch_warnings():
+        if options.folds_start:
+            warnings.filterwarnings("error", message=r"DataConfig\.folds_start=", category=RegimetryDataWarning)
+        try:
+            return evaluation_blocks(config, options, budget)
+        except RegimetryDataWarning as exc:
+            where = str(exc).split(" lies ", 1)[-1].split(";", 1)[0]
+            raise ValueError(f"--folds-start {options.folds_start}: lies {where}; give a date inside it "
+                             "(or leave the option out)") from None
 
 
 def _parent_tags(ablation: Ablation, options: RunOptions, config: DataConfig, arm_list: list[Arm],
