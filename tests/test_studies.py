@@ -714,7 +714,8 @@ def test_console_drops_tensorflow_retracing_warnings_only(caplog):
 
 def test_a_storage_whose_driver_is_missing_says_how_to_install_it():
     """New-user check: Optuna's "Please install appropriate one." named no package."""
-    with pytest.raises(ValueError, match=r"--storage 'mysql://u:\*\*\*@127.0.0.1/x'.*driver is not installed.*psycopg"):
+    with pytest.raises(ValueError, match=r"--storage 'mysql://u:\*\*\*@127.0.0.1/x'.*driver is not installed: "
+                                         r"for mysql:// pip install pymysql and write mysql\+pymysql://"):
         studies.resolve_storage("mysql://u:pw@127.0.0.1/x")
 
 

@@ -283,6 +283,21 @@ def test_a_plain_directory_tracking_uri_says_what_works(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_an_unknown_scheme_or_an_unreachable_database_says_so_in_its_own_words(tmp_path):
+    """Fresh-user findings: --tracking-uri foo://bar printed MLflow's text about its model registry, and a
+    PostgreSQL server that refused the connection was told to delete a half-created store."""
+    with pytest.raises(ValueError, match=r"^--tracking-uri 'foo://bar': unknown scheme 'foo'; use a database "
+                                         r"\(sqlite:///mlruns/mlflow.db, postgresql://\.\.\., mysql://\.\.\.\) or an MLflow server"):
+        tracking.configure("foo://bar")
+    with pytest.raises(ValueError, match=r"driver is not installed \(No module named 'MySQLdb'\); for mysql:// pip install pymysql"):
+        tracking.configure("mysql://u:pw@127.0.0.1:1/db")
+    pytest.importorskip("psycopg")
+    with pytest.raises(ValueError, match=r"^--tracking-uri 'postgresql://u:\*\*\*@127.0.0.1:1/db': cannot connect to "
+                                         r"the database: \(psycopg.OperationalError\)") as caught:
+        tracking.configure("postgresql://u:p@127.0.0.1:1/db")
+    assert "delete it" not in str(caught.value)
+
+
 # ---- the tracker computes nothing (issue 13) ------------------------------------------------------
 def test_the_record_holds_everything_computed_before_logging(one_epoch):
     splits, result = one_epoch

@@ -39,7 +39,7 @@ from regimetry.config.model import (
     ModelConfig,
 )
 from regimetry.config.train import MONITORS, TrainConfig
-from regimetry.config.urls import has_password, is_foreign_file, mask_password, one_line, redact_url
+from regimetry.config.urls import driver_hint, has_password, is_foreign_file, mask_password, one_line, redact_url
 
 __all__ = [
     "ACTIVATIONS",
@@ -62,6 +62,7 @@ __all__ = [
     "has_password",
     "load_yaml",
     "mask_password",
+    "driver_hint",
     "one_line",
     "parse_overrides",
     "redact_url",

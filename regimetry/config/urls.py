@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["has_password", "is_foreign_file", "mask_password", "one_line", "redact_url"]
+import re
+
+__all__ = ["driver_hint", "has_password", "is_foreign_file", "mask_password", "one_line", "redact_url"]
 
 
 def has_password(url: str | None) -> bool:
@@ -32,12 +34,15 @@ def redact_url(url: str) -> str:
 
 def mask_password(text: object, url: str | None) -> str:
     """``text`` (e.g. a database driver's error message, which may quote the URL) with the password of
-    ``url`` replaced by ``***`` wherever it occurs."""
+    ``url`` replaced by ``***`` wherever it occurs as a token of its own (not inside a longer run of
+    letters and digits: a one-letter password ``p`` must not turn ``psycopg`` into ``***syco***g``)."""
     text = str(text)
     if not has_password(url):
         return text
     password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2]
-    return text.replace(password, "***") if password else text
+    if not password:
+        return text
+    return re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
 
 
 def is_foreign_file(path) -> bool:
@@ -51,3 +56,16 @@ def is_foreign_file(path) -> bool:
         return False
     with open(path, "rb") as handle:
         return handle.read(16) != b"SQLite format 3\x00"
+
+
+#: What to install for a database URL whose driver is missing, by scheme (SQLAlchemy's default drivers).
+_DRIVERS = {"postgresql": "pip install 'psycopg[binary]' (or pip install -e '.[postgres]')",
+            "mysql": "pip install pymysql and write mysql+pymysql://...",
+            "mssql": "pip install pyodbc (and an ODBC driver for SQL Server)"}
+
+
+def driver_hint(url: str) -> str:
+    """How to install the database driver a storage / tracking URL needs: ``"for postgresql:// pip install ..."``."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    return f"for {scheme}:// {_DRIVERS[scheme]}" if scheme in _DRIVERS else \
+        "install the database driver its scheme names (" + "; ".join(f"{k}: {v}" for k, v in _DRIVERS.items()) + ")"

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from regimetry import processes, records
-from regimetry.config import DataConfig, is_foreign_file, mask_password, one_line, redact_url
+from regimetry.config import DataConfig, driver_hint, is_foreign_file, mask_password, one_line, redact_url
 from regimetry.studies.spec import (Ablation, Arm, Budget, NoCompleteTrial, SearchSpace, study_direction, study_key,
                                     study_name)
 
@@ -142,8 +142,7 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
             time.sleep(0.5 * (attempt + 1))
     message = mask_password(one_line(last_error), url)
     if isinstance(last_error, ImportError) or "Failed to import DB access module" in message:
-        message += ("; the database driver is not installed: for postgresql:// pip install 'psycopg[binary]' "
-                    "(or pip install -e '.[postgres]')")
+        message += f"; the database driver is not installed: {driver_hint(url)}"
     raise ValueError(f"--storage {shown!r}: cannot open the Optuna storage: {message}") from None
 
 

@@ -14,9 +14,10 @@ import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from regimetry.config import is_foreign_file, mask_password, one_line, redact_url
+from regimetry.config import driver_hint, is_foreign_file, mask_password, one_line, redact_url
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Experiment tags: the kind MLflow 3 records for a model-training experiment. MLflow 3.17's UI reads
@@ -24,6 +25,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: opens the GenAI overview, and ``#/experiments/<id>/runs?workflowType=machine_learning`` opens the
 #: runs table (checked in headless Chromium; README "Then look at the results").
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+#: URI schemes of the MLflow 3 tracking stores (``postgresql+psycopg://`` counts as ``postgresql``).
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
 
 _configured: dict[str, str] = {}
 
@@ -84,11 +87,15 @@ def configure(tracking_uri: str | None = None) -> str:
         # MLflow 3 refuses a plain directory store with a long deprecation text; say what works instead.
         raise ValueError(f"{option} {redact_url(uri)!r}: a plain directory or file: store is not supported by "
                          "MLflow 3; use a database, e.g. sqlite:///mlruns/mlflow.db, or a server http://host:5000")
+    shown = redact_url(uri)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in TRACKING_SCHEMES:  # MLflow's own text is about its model registry
+        raise ValueError(f"{option} {shown!r}: unknown scheme {scheme!r}; use a database (sqlite:///mlruns/mlflow.db, "
+                         "postgresql://..., mysql://...) or an MLflow server (http://host:5000)")
     mlflow.set_tracking_uri(uri)
     if uri in _configured:
         return uri
     db = _sqlite_path(uri)
-    shown = redact_url(uri)
     if db is not None:
         if db.is_dir():
             raise ValueError(f"{option} {shown!r}: {db} is a directory; expected a SQLite file path "
@@ -108,14 +115,19 @@ def configure(tracking_uri: str | None = None) -> str:
                     _create_sqlite_store(db)
                 MlflowClient(uri).search_experiments(max_results=1)
         else:
+            if scheme in ("postgresql", "mysql", "mssql"):
+                _connect_once(uri)
             with _quick_http_check():
                 _retry(lambda: MlflowClient(uri).search_experiments(max_results=1))
     except ImportError as exc:
-        raise ValueError(f"{option} {shown!r}: the database driver is not installed ({mask_password(one_line(exc), uri)}); for "
-                         "postgresql:// install psycopg 3: pip install 'psycopg[binary]'") from None
+        raise ValueError(f"{option} {shown!r}: the database driver is not installed ({mask_password(one_line(exc), uri)}); "
+                         f"{driver_hint(uri)}") from None
     except (MlflowException, OSError) as exc:
         raise ValueError(f"{option} {shown!r}: the MLflow store cannot be opened: {mask_password(one_line(exc), uri)}") from None
     except SQLAlchemyError as exc:  # e.g. a store half-created by an older version that was killed
+        if db is None and isinstance(exc, OperationalError):  # the database server: not reachable or refused us
+            raise ValueError(f"{option} {shown!r}: cannot connect to the database: "
+                             f"{mask_password(one_line(exc), uri)}") from None
         raise ValueError(f"{option} {shown!r}: the MLflow store cannot be opened: {mask_password(one_line(exc), uri)}"
                          "; if its creation was interrupted and it holds no runs, delete it") from None
     _configured[uri] = uri
@@ -167,6 +179,22 @@ def _file_lock(path: Path) -> Iterator[None]:
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+def _connect_once(uri: str) -> None:
+    """Open and close one connection to a database store: MLflow retries a refused connection 10 times
+    with back-off (about 100 s of "Operation will be retried" warnings) before it reports anything.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: the server cannot be reached or refuses the credentials;
+        ImportError: the driver is not installed.
+    """
+    engine = create_engine(uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
 
 
 def _retry(fn, *, attempts: int = 8, first_delay: float = 0.2):
