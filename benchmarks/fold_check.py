@@ -15,7 +15,7 @@ Examples::
     python benchmarks/fold_check.py --features legacy --shortcut off --folds-start 2004-01-01
     python benchmarks/fold_check.py --tuning-only --features har --shortcut on
     python benchmarks/fold_check.py --end 2007-12-31 --folds-start 2003-01-01 --folds 3 --seeds 3 \
-        --from-study 03_encoding_ablation/learnable --storage sqlite:///mlruns/optuna.db
+        --from-study 03_encoding_ablation/learnable --storage sqlite:///mlruns/optuna.db [--patience 2]
 
 ``--from-study`` trains the configuration an ablation's confirmation retrains (the study's best trial:
 model and training settings as recorded, the seed replaced by 0 .. --seeds-1) instead of the options'
@@ -66,7 +66,8 @@ def main() -> None:
                                                      "inside the tuning period, never touching test blocks)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early-stopping patience (default 4; with --from-study the study's, unless given)")
     parser.add_argument("--d-model", type=int, default=32)
     parser.add_argument("--pooling", default="mean")
     parser.add_argument("--shortcut-features", default="", help="comma-separated shortcut inputs (default all)")
@@ -99,6 +100,8 @@ def main() -> None:
 
         number, model_dict, train_dict = best_configurations(args.from_study, args.storage)
         model_cfg, study_train_cfg = ModelConfig.from_dict(model_dict), TrainConfig.from_dict(train_dict)
+        if args.patience is not None:  # the study's configuration with another patience (issue 17's power study)
+            study_train_cfg = dataclasses.replace(study_train_cfg, patience=args.patience)
         print(json.dumps({"study": args.from_study, "best_trial": number, "model": model_dict, "train": train_dict}),
               flush=True)
     rows = []
@@ -112,7 +115,7 @@ def main() -> None:
         scores, best_epochs = [], []
         for seed in range(args.seeds):
             train_cfg = (dataclasses.replace(study_train_cfg, seed=seed) if study_train_cfg is not None else
-                         TrainConfig(max_epochs=args.epochs, patience=args.patience, monitor=args.monitor, seed=seed,
+                         TrainConfig(max_epochs=args.epochs, patience=args.patience or 4, monitor=args.monitor, seed=seed,
                                      warm_start_candidate=args.warm_start_candidate,
                                      warm_start_margin=args.warm_start_margin))
             result = training.fit(splits, model_cfg, train_cfg)
