@@ -20,7 +20,7 @@ Vaswani et al. 2017), a learnable position table, or no positional information a
   warm-started linear model unless an epoch beats it was measured and scored the same).
 - Budget (equal per arm): 8 quasi-random (Sobol) trials per arm, the same 8 configurations in every arm,
   on the tuning period (bars before 2008: train 1999-2006, validation 2006-07..2007-09), at most
-  15 epochs (patience 4), median pruning after 3 trials / 3 epochs; then each arm's best configuration is
+  15 epochs (early-stopping patience 2), median pruning after 3 trials / 3 epochs; then each arm's best configuration is
   retrained on 5 walk-forward folds x 3 seeds and evaluated once on every fold's test block (together
   2008-01..2018-11). Metrics pooled over the test blocks with 95 % block-bootstrap intervals and paired
   differences between arms and against HAR-RV and persistence, with minimum detectable effects.
