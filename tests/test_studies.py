@@ -300,14 +300,14 @@ def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_bu
     would mix two budgets (and its confirmation runs would silently keep the stored trials' settings,
     since they retrain the best trial's configuration), so it is refused, naming the options and the
     stored values, before anything is written."""
-    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--patience", "2")) == 0
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", "--patience", "2")) == 0
     trials = _study(tmp_path, "tiny_ablation/mean").trials
     assert {json.loads(t.user_attrs[records.TRAIN_CONFIG_ATTR])["patience"] for t in trials} == {2}
     runs_before = len(_runs(tmp_path, "tiny_ablation"))
     capsys.readouterr()
     for extra, message in ((["--patience", "3"], r"--patience 3 \(its trials: 2\) .*Re-run with --patience 2,"),
                            (["--max-epochs", "1"], r"--max-epochs 1 \(its trials: 2\), --patience 1 \(its trials: 2\)")):
-        assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", *extra)) == 2
+        assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", *extra)) == 2
         err = capsys.readouterr().err.strip()
         assert re.search(r"'tiny_ablation/mean' in sqlite:///.* was tuned with another training budget: this run asks "
                          + message, err), err
@@ -315,7 +315,7 @@ def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_bu
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         assert len(_runs(tmp_path, "tiny_ablation")) == runs_before
     assert len(_study(tmp_path, "tiny_ablation/mean").trials) == len(trials)
-    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--patience", "2")) == 0  # same budget: resumes
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", "--patience", "2")) == 0  # resumes
 
 
 def test_a_bad_feature_name_creates_no_store_file(tmp_path, capsys):
