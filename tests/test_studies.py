@@ -273,6 +273,31 @@ def test_bad_storage_or_tracking_uri_is_one_line_exit_2_and_writes_nothing(bad, 
         assert not (tmp_path / "optuna.db").exists()
 
 
+def test_swapped_storage_and_tracking_stores_are_refused_and_left_as_they_were(tmp_path, capsys):
+    """Fresh-user finding: with --storage and --tracking-uri swapped, MLflow added its tables to the Optuna
+    database (and failed with a 107-line traceback) and Optuna added its tables to the MLflow store."""
+    import sqlite3
+
+    mlflow_db, optuna_db = tmp_path / "stores" / "mlflow.db", tmp_path / "stores" / "optuna.db"
+    tracking.configure(f"sqlite:///{mlflow_db}")
+    studies.resolve_storage(f"sqlite:///{optuna_db}")
+
+    def tables(path):
+        with sqlite3.connect(path) as db:
+            return sorted(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+
+    before = {path: tables(path) for path in (mlflow_db, optuna_db)}
+    for option, value, message in (
+            ("--storage", f"sqlite:///{mlflow_db}", r"--storage '.*mlflow.db': .* is an MLflow tracking store \(give it as --tracking-uri\)"),
+            ("--tracking-uri", f"sqlite:///{optuna_db}", r"--tracking-uri '.*optuna.db': .* is an Optuna storage \(give it as --storage\)")):
+        args = _args(tmp_path, "--stage", "tune")
+        args[args.index(option) + 1] = value
+        assert studies.main(_tiny(), args) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.search(message, err) and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert {path: tables(path) for path in (mlflow_db, optuna_db)} == before
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--seed", "-1"], r"--seed: must be an integer in \[0, 2\*\*32\), got -1"),
     (["--set", "model.d_model=8"], r"--set: only data.<field> settings"),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
-__all__ = ["driver_hint", "has_password", "is_foreign_file", "mask_password", "one_line", "redact_url"]
+__all__ = ["driver_hint", "has_password", "is_foreign_file", "mask_password", "one_line", "redact_url",
+           "sqlite_store_kind"]
 
 
 def has_password(url: str | None) -> bool:
@@ -69,3 +71,27 @@ def driver_hint(url: str) -> str:
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
     return f"for {scheme}:// {_DRIVERS[scheme]}" if scheme in _DRIVERS else \
         "install the database driver its scheme names (" + "; ".join(f"{k}: {v}" for k, v in _DRIVERS.items()) + ")"
+
+
+#: Tables that only one of the two stores has: a file holding all of one set is that kind of store.
+_STORE_TABLES = {"MLflow tracking store": {"experiments", "runs", "metrics"},
+                 "Optuna storage": {"studies", "trials", "version_info"}}
+
+
+def sqlite_store_kind(path) -> str | None:
+    """``"MLflow tracking store"`` or ``"Optuna storage"`` when the existing SQLite file ``path`` holds that
+    store's tables, else ``None`` (no such file, empty, unreadable, or neither). Read-only: nothing is
+    written, so ``--storage`` and ``--tracking-uri`` can refuse each other's database before either
+    library adds its tables to it (both keep their schema version in an ``alembic_version`` table)."""
+    import sqlite3
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.Error:
+        return None
+    return next((kind for kind, names in _STORE_TABLES.items() if names <= tables), None)

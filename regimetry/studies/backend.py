@@ -33,7 +33,8 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from regimetry import processes, records
-from regimetry.config import DataConfig, driver_hint, is_foreign_file, mask_password, one_line, redact_url
+from regimetry.config import (DataConfig, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
+                              sqlite_store_kind)
 from regimetry.studies.spec import (Ablation, Arm, Budget, NoCompleteTrial, SearchSpace, study_direction, study_key,
                                     study_name)
 
@@ -90,6 +91,9 @@ def check_storage(url: str | None) -> None:
     if is_foreign_file(path):
         raise ValueError(f"--storage {shown!r}: {path.resolve()} exists and is not a SQLite database; "
                          "point --storage at a new file or at the storage an experiment ran with")
+    if sqlite_store_kind(path) == "MLflow tracking store":
+        raise ValueError(f"--storage {shown!r}: {path.resolve()} is an MLflow tracking store (give it as "
+                         "--tracking-uri); point --storage at the Optuna storage, e.g. sqlite:///mlruns/optuna.db")
 
 
 def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages.BaseStorage:

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from regimetry.config import driver_hint, is_foreign_file, mask_password, one_line, redact_url
+from regimetry.config import driver_hint, is_foreign_file, mask_password, one_line, redact_url, sqlite_store_kind
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Experiment tags: the kind MLflow 3 records for a model-training experiment. MLflow 3.17's UI reads
@@ -103,6 +103,9 @@ def configure(tracking_uri: str | None = None) -> str:
         if is_foreign_file(db):
             raise ValueError(f"{option} {shown!r}: {db} exists and is not a SQLite database; "
                              "point it at a new or an existing MLflow store")
+        if sqlite_store_kind(db) == "Optuna storage":
+            raise ValueError(f"{option} {shown!r}: {db} is an Optuna storage (give it as --storage); point "
+                             f"{option} at the MLflow store, e.g. sqlite:///mlruns/mlflow.db")
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
