@@ -298,6 +298,28 @@ def test_an_unknown_scheme_or_an_unreachable_database_says_so_in_its_own_words(t
     assert "delete it" not in str(caught.value)
 
 
+def test_a_database_server_that_never_answers_fails_within_the_connect_timeout(monkeypatch):
+    """Fresh-user finding: a port that accepts connections and never answers hung --tracking-uri and
+    --storage for 133-136 s; both now give up after the connection timeout, naming the option."""
+    import socket
+    import time
+
+    pytest.importorskip("psycopg")
+    from regimetry.config import urls
+    from regimetry.studies import backend
+
+    monkeypatch.setattr(urls, "CONNECT_TIMEOUT_SECONDS", 2)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)  # accepted by the kernel, never answered
+        url = f"postgresql://u:pw@127.0.0.1:{server.getsockname()[1]}/db"
+        for check, option in ((tracking.configure, "--tracking-uri"), (backend.resolve_storage, "--storage")):
+            started = time.monotonic()
+            with pytest.raises(ValueError, match=rf"^{option} 'postgresql://u:\*\*\*@127.0.0.1:\d+/db': .*timeout"):
+                check(url)
+            assert time.monotonic() - started < 20
+
+
 # ---- the tracker computes nothing (issue 13) ------------------------------------------------------
 def test_the_record_holds_everything_computed_before_logging(one_epoch):
     splits, result = one_epoch

@@ -39,7 +39,7 @@ from regimetry.config.model import (
     ModelConfig,
 )
 from regimetry.config.train import MONITORS, TrainConfig
-from regimetry.config.urls import (driver_hint, has_password, is_foreign_file, mask_password, one_line, redact_url,
+from regimetry.config.urls import (connect_args, driver_hint, has_password, is_foreign_file, mask_password, one_line, redact_url,
                                    sqlite_store_kind)
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "load_yaml",
     "mask_password",
     "driver_hint",
+    "connect_args",
     "sqlite_store_kind",
     "one_line",
     "parse_overrides",

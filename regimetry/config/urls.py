@@ -6,7 +6,7 @@ import contextlib
 import re
 
 __all__ = ["driver_hint", "has_password", "is_foreign_file", "mask_password", "one_line", "redact_url",
-           "sqlite_store_kind"]
+           "connect_args", "sqlite_store_kind"]
 
 
 def has_password(url: str | None) -> bool:
@@ -95,3 +95,15 @@ def sqlite_store_kind(path) -> str | None:
     except sqlite3.Error:
         return None
     return next((kind for kind, names in _STORE_TABLES.items() if names <= tables), None)
+
+
+#: Seconds to wait for a database server to answer a connection: without a limit, a server that accepts the
+#: TCP connection and never answers (a firewall, a wrong service on the port) hangs a run for minutes.
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect_args(url: str) -> dict:
+    """SQLAlchemy ``connect_args`` with a connection timeout for server databases (``postgresql://``,
+    ``mysql://``: both drivers take ``connect_timeout``); ``{}`` for other URLs."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if scheme in ("postgresql", "mysql") else {}

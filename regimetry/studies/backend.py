@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from regimetry import processes, records
-from regimetry.config import (DataConfig, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
+from regimetry.config import (DataConfig, connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
                               sqlite_store_kind)
 from regimetry.studies.spec import (Ablation, Arm, Budget, NoCompleteTrial, SearchSpace, study_direction, study_key,
                                     study_name)
@@ -120,7 +120,7 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
         _refuse_non_storage_for_readers(Path(path), shown, read_only)
         _make_parent(Path(path), shown)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
-    engine_kwargs: dict[str, Any] = {}
+    engine_kwargs: dict[str, Any] = {"connect_args": connect_args(url)} if connect_args(url) else {}
     if url.startswith("sqlite:///"):
         db_path = storage_file(url)
         _refuse_non_storage_for_readers(db_path, shown, read_only, sqlite=True)

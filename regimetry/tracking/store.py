@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from regimetry.config import driver_hint, is_foreign_file, mask_password, one_line, redact_url, sqlite_store_kind
+from regimetry.config import connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url, sqlite_store_kind
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Experiment tags: the kind MLflow 3 records for a model-training experiment. MLflow 3.17's UI reads
@@ -192,7 +192,7 @@ def _connect_once(uri: str) -> None:
         sqlalchemy.exc.OperationalError: the server cannot be reached or refuses the credentials;
         ImportError: the driver is not installed.
     """
-    engine = create_engine(uri)
+    engine = create_engine(uri, connect_args=connect_args(uri))
     try:
         with engine.connect():
             pass
