@@ -12,7 +12,10 @@ __all__ = ["driver_hint", "has_password", "is_foreign_file", "mask_password", "o
 def has_password(url: str | None) -> bool:
     """Whether a storage / tracking URL carries credentials (``scheme://user:pw@host/...``). Only the
     network location counts: ``sqlite:///data/a@b.db`` is a file name with an ``@``, not a password."""
-    return bool(url) and "://" in url and "@" in url.split("://", 1)[1].split("/", 1)[0]
+    if not url or "://" not in url:
+        return False
+    netloc = url.split("://", 1)[1].split("/", 1)[0]
+    return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
 
 
 def one_line(message: object, limit: int = 400) -> str:
@@ -23,9 +26,15 @@ def one_line(message: object, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: A password given as a query parameter (``...?password=...``, libpq's and PyMySQL's spelling among others).
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd|pwd)=)[^&#\s'\"]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (``postgresql://u:***@host/db``), for every message,
-    tag, log line and report; URLs without credentials come back unchanged."""
+    """``url`` with its password replaced by ``***`` (``postgresql://u:***@host/db``, also a
+    ``?password=...`` query parameter), for every message, tag, log line and report; URLs without
+    credentials come back unchanged."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url) if url else url
     if not has_password(url):
         return url
     scheme, rest = url.split("://", 1)
@@ -39,12 +48,12 @@ def mask_password(text: object, url: str | None) -> str:
     ``url`` replaced by ``***`` wherever it occurs as a token of its own (not inside a longer run of
     letters and digits: a one-letter password ``p`` must not turn ``psycopg`` into ``***syco***g``)."""
     text = str(text)
-    if not has_password(url):
-        return text
-    password = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2]
-    if not password:
-        return text
-    return re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
+    passwords = [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url or "")]
+    if has_password(url):
+        passwords.append(url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2])
+    for password in filter(None, passwords):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
+    return text
 
 
 def is_foreign_file(path) -> bool:
