@@ -308,6 +308,9 @@ def test_swapped_storage_and_tracking_stores_are_refused_and_left_as_they_were(t
     (["--arms", " "], r"--arms: empty; name one or more of \['mean', 'last'\]"),  # fresh-user finding: meant all arms
     (["--patience", "0"], r"--patience: must be >= 1, got 0"),
     # fresh-user finding: a date the user typed outside the data moved the test blocks with a warning, exit 0
+    (["--dataset", "sp500", "--folds-start", "2011-06-01"],
+     r"--folds-start 2011-06-01: too little data before the first test block \(fold 0: .*\); start the folds later$"),
+    (["--dataset", "sp500", "--folds-start", "2020-13-45"], r"^error: --folds-start: expected an ISO date YYYY-MM-DD"),
     (["--dataset", "sp500", "--folds-start", "2030-01-01"],
      r"--folds-start 2030-01-01: lies outside the samples' period \(\d{4}-\d\d-\d\d \.\. 20\d\d-\d\d-\d\d\); give a date inside it"),
 ])
@@ -336,7 +339,7 @@ def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_bu
         err = capsys.readouterr().err.strip()
         assert re.search(r"'tiny_ablation/mean' in sqlite:///.* was tuned with another training budget: this run asks "
                          + message, err), err
-        assert "'tiny_ablation/last', likewise" in err and "optuna delete-study --study-name 'tiny_ablation/last'" in err
+        assert "'tiny_ablation/last', likewise" in err and "optuna delete-study --study-name tiny_ablation/last" in err
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         assert len(_runs(tmp_path, "tiny_ablation")) == runs_before
     assert len(_study(tmp_path, "tiny_ablation/mean").trials) == len(trials)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -129,4 +130,5 @@ def test_every_study_of_another_definition_is_named_with_its_delete_command(tmp_
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "ablation.fixed" in err and "likewise" in err, err
     for name in ("tiny_ablation/mean", "tiny_ablation/last"):  # runnable as printed: the real storage URL
-        assert f"optuna delete-study --study-name {name!r} --storage sqlite:///{tmp_path}/optuna.db" in err, err
+        command = f"optuna delete-study --study-name {shlex.quote(name)} --storage {shlex.quote(f'sqlite:///{tmp_path}/optuna.db')}"
+        assert command in err, err  # shell-quoted: a path with a space or a URL with & stays one argument

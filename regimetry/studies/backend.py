@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import sqlite3
 import threading
 import time
@@ -632,7 +633,8 @@ def _refuse_resume(refused: dict[str, Any], storage_url: str | None, why: str, m
     name, *others = refused
     where = redact_url(storage_url) if storage_url else "..."
     also = f" (and {', '.join(repr(n) for n in others)}, likewise)" if others else ""
-    deletes = "; ".join(f"optuna delete-study --study-name {n!r} --storage {where}" for n in refused)
+    deletes = "; ".join(f"optuna delete-study --study-name {shlex.quote(n)} --storage {shlex.quote(where)}"
+                        for n in refused)
     raise ValueError(
         f"Optuna study {name!r} in {where if storage_url else 'this storage'} {why}{also}; resuming would mix "
         f"{mixed}. {give} this run its own --storage (and --tracking-uri), or delete "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 import warnings
 from typing import Any
@@ -78,7 +79,12 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
     with one clear message and costs no budget."""
     budget = options.budget(ablation)
     validate_arms(ablation, budget, options.seed)
-    config = data_config(ablation, options, budget)
+    try:
+        config = data_config(ablation, options, budget)
+    except ValueError as exc:  # name the option the user typed, not the DataConfig field behind it
+        if not options.folds_start or "DataConfig.folds_start" not in str(exc):
+            raise
+        raise ValueError(str(exc).replace("DataConfig.folds_start", "--folds-start")) from None
     storage_url = options.storage or backend.DEFAULT_STORAGE
     backend.check_storage(storage_url)  # its form and file, before the data are prepared or any store exists
     arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
@@ -120,6 +126,12 @@ def _blocks(config: DataConfig, options: RunOptions, budget: Budget) -> list:
             where = str(exc).split(" lies ", 1)[-1].split(";", 1)[0]
             raise ValueError(f"--folds-start {options.folds_start}: lies {where}; give a date inside it "
                              "(or leave the option out)") from None
+        except ValueError as exc:
+            if not options.folds_start or not str(exc).startswith("fold 0:"):
+                raise
+            reason = re.split(r" \(|; ", str(exc))[0]  # e.g. "fold 0: the validation split is empty after ..."
+            raise ValueError(f"--folds-start {options.folds_start}: too little data before the first test block "
+                             f"({reason}); start the folds later") from None
 
 
 def _parent_tags(ablation: Ablation, options: RunOptions, config: DataConfig, arm_list: list[Arm],

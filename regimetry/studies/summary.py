@@ -163,7 +163,8 @@ def markdown(summary: dict[str, Any], ablation: Ablation, budget: Budget) -> str
     arms = summary["arms"]
     lines = [f"# {ablation.name}", "", f"**Question.** {ablation.question}", "",
              f"Scientific hyperparameter: {ablation.scientific}. Budget: {budget.trials_per_arm} trials per arm, "
-             f"max {budget.max_epochs} epochs, {plural(budget.folds, 'fold')} x {plural(budget.seeds, 'seed')} "
+             f"max {budget.max_epochs} epochs (early-stopping patience {budget.patience}), "
+             f"{plural(budget.folds, 'fold')} x {plural(budget.seeds, 'seed')} "
              "in confirmation; "
              f"block length {summary['block_length']} windows.", "",
              "| arm | best val | balanced acc. (seed mean, 95% CI) | pooled balanced acc. [block bootstrap 95%] | "

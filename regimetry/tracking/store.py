@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from pathlib import Path
@@ -161,9 +162,13 @@ def _quick_http_check() -> Iterator[None]:
              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     saved = {k: os.environ.get(k) for k in quick}
     os.environ.update({k: v for k, v in quick.items() if saved[k] is None})  # a user's own setting wins
+    retries = logging.getLogger("urllib3.connectionpool")  # its "Retrying ..." warnings: our message says it
+    level = retries.level
+    retries.setLevel(logging.ERROR)
     try:
         yield
     finally:
+        retries.setLevel(level)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
