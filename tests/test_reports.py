@@ -529,8 +529,9 @@ def test_a_missing_storage_is_refused_by_readers_and_not_created(tmp_path, monke
     # is refused and left byte for byte as it was (fresh-user check: Optuna created its tables in it)
     empty = tmp_path / "empty.db"
     empty.touch()
-    for path, why in ((empty, "no Optuna tables; it is empty"), (tmp_path / "mlflow.db", "no Optuna tables")):
+    for path, why in ((empty, r"is not an Optuna storage \(no Optuna tables; it is empty"),
+                      (tmp_path / "mlflow.db", r"is an MLflow tracking store \(give it as --tracking-uri\)")):
         before = path.read_bytes()
-        with pytest.raises(ValueError, match=f"is not an Optuna storage \\({why}"):
+        with pytest.raises(ValueError, match=why):
             render.render_ablation_report(EXPERIMENT, tracking_uri=uri, log_to_parent=False, storage=f"sqlite:///{path}")
         assert path.read_bytes() == before
