@@ -40,7 +40,7 @@ from regimetry.config.model import (
 )
 from regimetry.config.train import MONITORS, TrainConfig
 from regimetry.config.urls import (connect_args, driver_hint, has_password, is_foreign_file, mask_password, one_line, redact_url,
-                                   sqlite_store_kind)
+                                   sqlite_store_kind, url_scheme)
 
 __all__ = [
     "ACTIVATIONS",
@@ -66,6 +66,7 @@ __all__ = [
     "driver_hint",
     "connect_args",
     "sqlite_store_kind",
+    "url_scheme",
     "one_line",
     "parse_overrides",
     "redact_url",

@@ -6,7 +6,13 @@ import contextlib
 import re
 
 __all__ = ["driver_hint", "has_password", "is_foreign_file", "mask_password", "one_line", "redact_url",
-           "connect_args", "sqlite_store_kind"]
+           "connect_args", "sqlite_store_kind", "url_scheme"]
+
+
+def url_scheme(url: str | None) -> str:
+    """The database kind of a storage / tracking URL, lower case and without the driver:
+    ``"postgresql"`` for ``postgresql+psycopg://...``; ``""`` when there is no ``scheme://``."""
+    return url.split("://", 1)[0].split("+", 1)[0].lower() if url and "://" in url else ""
 
 
 def has_password(url: str | None) -> bool:
@@ -77,7 +83,7 @@ _DRIVERS = {"postgresql": "pip install 'psycopg[binary]' (or pip install -e '.[p
 
 def driver_hint(url: str) -> str:
     """How to install the database driver a storage / tracking URL needs: ``"for postgresql:// pip install ..."``."""
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    scheme = url_scheme(url)
     return f"for {scheme}:// {_DRIVERS[scheme]}" if scheme in _DRIVERS else \
         "install the database driver its scheme names (" + "; ".join(f"{k}: {v}" for k, v in _DRIVERS.items()) + ")"
 
@@ -114,5 +120,4 @@ CONNECT_TIMEOUT_SECONDS = 10
 def connect_args(url: str) -> dict:
     """SQLAlchemy ``connect_args`` with a connection timeout for server databases (``postgresql://``,
     ``mysql://``: both drivers take ``connect_timeout``); ``{}`` for other URLs."""
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
-    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if scheme in ("postgresql", "mysql") else {}
+    return {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if url_scheme(url) in ("postgresql", "mysql") else {}

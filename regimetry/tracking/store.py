@@ -18,7 +18,8 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from regimetry.config import connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url, sqlite_store_kind
+from regimetry.config import (connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
+                              sqlite_store_kind, url_scheme)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 #: Experiment tags: the kind MLflow 3 records for a model-training experiment. MLflow 3.17's UI reads
@@ -89,7 +90,7 @@ def configure(tracking_uri: str | None = None) -> str:
         raise ValueError(f"{option} {redact_url(uri)!r}: a plain directory or file: store is not supported by "
                          "MLflow 3; use a database, e.g. sqlite:///mlruns/mlflow.db, or a server http://host:5000")
     shown = redact_url(uri)
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    scheme = url_scheme(uri)
     if scheme not in TRACKING_SCHEMES:  # MLflow's own text is about its model registry
         raise ValueError(f"{option} {shown!r}: unknown scheme {scheme!r}; use a database (sqlite:///mlruns/mlflow.db, "
                          "postgresql://..., mysql://...) or an MLflow server (http://host:5000)")
