@@ -62,7 +62,17 @@ from regimetry.data.sources import RegimetryDataWarning, SourceData, load_source
 from regimetry.data.types import SplitData, Splits
 from regimetry.data.windows import make_windows, window_end_positions
 
-__all__ = ["prepare", "prepare_folds", "split_positions", "fold_positions", "purge_and_embargo"]
+__all__ = ["prepare", "prepare_folds", "split_positions", "fold_positions", "purge_and_embargo", "FoldsStartOutsideData"]
+
+
+class FoldsStartOutsideData(RegimetryDataWarning):
+    """``DataConfig.folds_start`` lies outside the samples' period (``first`` .. ``last``, dates), so the test
+    blocks start after the first 40 % of samples instead: a fallback for default dates on simulated paths,
+    a mistake for a date the user typed (the study CLI turns it into an error naming ``--folds-start``)."""
+
+    def __init__(self, message: str, first, last) -> None:
+        super().__init__(message)
+        self.first, self.last = first, last
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,13 +178,10 @@ def fold_positions(
         start = _stamp(config.folds_start, index)
         if start <= stamps[0] or start > stamps[-1]:
             first = int(0.4 * n)
-            warnings.warn(
+            warnings.warn(FoldsStartOutsideData(
                 f"DataConfig.folds_start={config.folds_start} lies outside the samples' period "
                 f"({stamps[0].date()} .. {stamps[-1].date()}); the test blocks start after the first 40 % of samples "
-                f"({stamps[first].date()}) instead",
-                RegimetryDataWarning,
-                stacklevel=3,
-            )
+                f"({stamps[first].date()}) instead", stamps[0].date(), stamps[-1].date()), stacklevel=3)
         else:
             first = int(np.searchsorted(stamps, start, side="left"))
     last = n

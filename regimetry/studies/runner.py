@@ -20,7 +20,7 @@ from typing import Any
 
 from regimetry import processes, records, reports, tracking
 from regimetry.config import DataConfig, redact_url
-from regimetry.data import RegimetryDataWarning
+from regimetry.data.splits import FoldsStartOutsideData
 from regimetry.studies import backend
 from regimetry.studies.confirm import confirm_and_summarize
 from regimetry.studies.context import WorkerContext, evaluation_blocks, init_worker
@@ -119,13 +119,12 @@ def _blocks(config: DataConfig, options: RunOptions, budget: Budget) -> list:
     layer falls back to the first 40 % of the samples with a warning, for default dates on simulated paths)."""
     with warnings.catch_warnings():
         if options.folds_start:
-            warnings.filterwarnings("error", message=r"DataConfig\.folds_start=", category=RegimetryDataWarning)
+            warnings.simplefilter("error", FoldsStartOutsideData)
         try:
             return evaluation_blocks(config, options, budget)
-        except RegimetryDataWarning as exc:
-            where = str(exc).split(" lies ", 1)[-1].split(";", 1)[0]
-            raise ValueError(f"--folds-start {options.folds_start}: lies {where}; give a date inside it "
-                             "(or leave the option out)") from None
+        except FoldsStartOutsideData as exc:
+            raise ValueError(f"--folds-start {options.folds_start}: lies outside the samples' period ({exc.first} .. "
+                             f"{exc.last}); give a date inside it (or leave the option out)") from None
         except ValueError as exc:
             if not options.folds_start or not str(exc).startswith("fold 0:"):
                 raise
