@@ -99,6 +99,7 @@ def test_mask_password_hides_the_urls_password_wherever_a_driver_message_quotes_
     assert mask_password(message, "sqlite:///data/a@b.db") == message  # no credentials, nothing to mask
     assert mask_password("x", None) == "x"
     assert mask_password("p@ss fails", "mysql://u:p@ss@h/db") == "*** fails"  # an "@" inside the password
+    assert mask_password("pa/ss fails", "postgresql://u:pa/ss@h/db") == "*** fails"  # an unencoded "/" in it
     # a password given as a query parameter (fresh-user finding: printed in full)
     from regimetry.config import redact_url
     url = "postgresql://u@127.0.0.1:1/db?sslmode=disable&password=s3cr3t2"

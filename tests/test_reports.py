@@ -236,6 +236,9 @@ def test_passwords_never_reach_the_notebook(monkeypatch):
     # an "@" in a file name is not a password (issue 14: the two old redactors disagreed here)
     assert redact_url("sqlite:///data/a@b.db") == "sqlite:///data/a@b.db"
     assert redact_url("mysql://u:p@ss@h/db?x=@") == "mysql://u:***@h/db?x=@"
+    # an unencoded "/" in the password (SQLAlchemy reads it so; fresh-user finding: it was printed in full)
+    assert redact_url("postgresql://u:pa/ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("postgresql://u:pw@h") == "postgresql://u:***@h"
     monkeypatch.setenv("REGIMETRY_REPORT_STORAGE", url)
     assert reports._from_env("$REGIMETRY_REPORT_STORAGE") == url and reports._from_env("plain") == "plain"
 

@@ -15,13 +15,17 @@ def url_scheme(url: str | None) -> str:
     return url.split("://", 1)[0].split("+", 1)[0].lower() if url and "://" in url else ""
 
 
+#: ``scheme://user:password@host...``. As in SQLAlchemy's URL parser, the password runs to an ``@``, so it may
+#: hold an unencoded ``/``; it runs to the last ``@`` that a host name and the end, a ``/`` or a ``?`` follow, so an
+#: ``@`` inside it is kept too (a database name holding an ``@`` is then masked with it: the safe side).
+_CREDENTIALS = re.compile(r"^(?P<scheme>[\w+.-]+)://(?P<user>[^:/@]*):(?P<password>.*)@(?P<host>[^@/?]+)(?P<tail>[/?].*)?$",
+                          re.DOTALL)
+
+
 def has_password(url: str | None) -> bool:
-    """Whether a storage / tracking URL carries credentials (``scheme://user:pw@host/...``). Only the
-    network location counts: ``sqlite:///data/a@b.db`` is a file name with an ``@``, not a password."""
-    if not url or "://" not in url:
-        return False
-    netloc = url.split("://", 1)[1].split("/", 1)[0]
-    return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
+    """Whether a storage / tracking URL carries credentials (``scheme://user:pw@host/...``). A file name with
+    an ``@`` (``sqlite:///data/a@b.db``) is not a password; a password with an unencoded ``/`` or ``@`` is."""
+    return bool(url) and _CREDENTIALS.match(url) is not None
 
 
 def one_line(message: object, limit: int = 400) -> str:
@@ -41,12 +45,10 @@ def redact_url(url: str) -> str:
     ``?password=...`` query parameter), for every message, tag, log line and report; URLs without
     credentials come back unchanged."""
     url = _QUERY_PASSWORD.sub(r"\1***", url) if url else url
-    if not has_password(url):
+    match = _CREDENTIALS.match(url) if url else None
+    if match is None:
         return url
-    scheme, rest = url.split("://", 1)
-    netloc, slash, tail = rest.partition("/")
-    creds, host = netloc.rsplit("@", 1)
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}{slash}{tail}"
+    return f"{match['scheme']}://{match['user']}:***@{match['host']}{match['tail'] or ''}"
 
 
 def mask_password(text: object, url: str | None) -> str:
@@ -55,8 +57,9 @@ def mask_password(text: object, url: str | None) -> str:
     letters and digits: a one-letter password ``p`` must not turn ``psycopg`` into ``***syco***g``)."""
     text = str(text)
     passwords = [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url or "")]
-    if has_password(url):
-        passwords.append(url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[0].partition(":")[2])
+    match = _CREDENTIALS.match(url) if url else None
+    if match is not None:
+        passwords.append(match["password"])
     for password in filter(None, passwords):
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
     return text
