@@ -301,6 +301,8 @@ def test_swapped_storage_and_tracking_stores_are_refused_and_left_as_they_were(t
 @pytest.mark.parametrize("extra, message", [
     (["--seed", "-1"], r"--seed: must be an integer in \[0, 2\*\*32\), got -1"),
     (["--set", "model.d_model=8"], r"--set: only data.<field> settings"),
+    # fresh-user finding: the example given was model.d_model=64, which --set here refuses
+    (["--set", "window_size=10"], r"'window_size=10': expected section.field=value \(e\.g\. data\.window_size=10\)"),
     (["--set", "data.source=csv"], r"--set data.source: use the option of its own"),
     (["--set", "data.no_such_field=1"], r"no_such_field"),
     (["--dataset", "sp500", "--folds", "1000"], r"--folds / DataConfig.num_folds=1000: .* use at most \d+ folds"),
@@ -333,7 +335,7 @@ def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_bu
     assert {json.loads(t.user_attrs[records.TRAIN_CONFIG_ATTR])["patience"] for t in trials} == {2}
     runs_before = len(_runs(tmp_path, "tiny_ablation"))
     capsys.readouterr()
-    for extra, message in ((["--patience", "3"], r"--patience 3 \(its trials: 2\) .*Re-run with --patience 2,"),
+    for extra, message in ((["--patience", "1"], r"--patience 1 \(its trials: 2\) .*Re-run with --patience 2,"),
                            (["--max-epochs", "1"], r"--max-epochs 1 \(its trials: 2\), --patience 1 \(its trials: 2\)")):
         assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", *extra)) == 2
         err = capsys.readouterr().err.strip()
@@ -344,6 +346,22 @@ def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_bu
         assert len(_runs(tmp_path, "tiny_ablation")) == runs_before
     assert len(_study(tmp_path, "tiny_ablation/mean").trials) == len(trials)
     assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", "--patience", "2")) == 0  # resumes
+    # fresh-user finding: a patience of at least --max-epochs (2 here) never stops a run, so 9 is the stored 2
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", "--patience", "9")) == 0
+
+
+def test_a_finished_tune_stage_rerun_opens_no_mlflow_run(tmp_path, capsys):
+    """Fresh-user finding: re-running a finished ``--stage tune`` opened a parent run and one run per arm
+    that stayed empty. It now says there is nothing to tune; a larger --trials still extends the budget."""
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1")) == 0
+    runs_before = len(_runs(tmp_path, "tiny_ablation"))
+    capsys.readouterr()
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1")) == 0
+    assert "every arm's tuning budget is already finished" in capsys.readouterr().out
+    assert len(_runs(tmp_path, "tiny_ablation")) == runs_before
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "2")) == 0
+    assert len(_study(tmp_path, "tiny_ablation/mean").trials) == 2
+    assert len(_runs(tmp_path, "tiny_ablation")) > runs_before
 
 
 def test_a_bad_feature_name_creates_no_store_file(tmp_path, capsys):

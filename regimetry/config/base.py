@@ -183,10 +183,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return document
 
 
-def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def parse_overrides(items: list[str] | tuple[str, ...], section: str | None = None) -> dict[str, dict[str, Any]]:
     """Parse ``section.field=value`` strings (``model.d_model=64``) into per-section dicts.
 
     Values are parsed as YAML scalars/lists (``64`` -> int, ``[5,21]`` -> list, ``a=b`` -> "a=b").
+
+    Args:
+        items: the strings as given on the command line.
+        section: the one section the caller accepts (``"data"`` for the experiment scripts), used only to
+            word the example of the error for an item without a prefix; None (default) for any section.
 
     Raises:
         ValueError: an item without ``=`` or without a ``section.`` prefix.
@@ -197,11 +202,12 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, dict[str, A
             raise ValueError(f"override {item!r}: expected section.field=value")
         key, raw = item.split("=", 1)
         if "." not in key:
-            raise ValueError(f"override {item!r}: expected section.field=value (e.g. model.d_model=64)")
-        section, field = key.split(".", 1)
+            example = f"{section}.{key.strip()}={raw}" if section else "model.d_model=64"
+            raise ValueError(f"override {item!r}: expected section.field=value (e.g. {example})")
+        prefix, field = key.split(".", 1)
         try:
             value = _yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        out.setdefault(section.strip(), {})[field.strip()] = value
+        out.setdefault(prefix.strip(), {})[field.strip()] = value
     return out

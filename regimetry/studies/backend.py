@@ -567,6 +567,16 @@ def check_identity(storage, ablation: Ablation, arms, config: DataConfig, storag
 TRAINING_BUDGET_OPTIONS = {"max_epochs": "--max-epochs", "patience": "--patience"}
 
 
+def _effective_budget(fields: dict) -> dict:
+    """The budget fields as they act on training: a patience of ``max_epochs`` or more never stops a run
+    early (``training``'s early stopping counts at most ``max_epochs`` epochs without improvement), so
+    every such patience is the same budget and is compared as ``max_epochs``."""
+    patience, max_epochs = fields.get("patience"), fields.get("max_epochs")
+    if isinstance(patience, int) and isinstance(max_epochs, int):
+        return {**fields, "patience": min(patience, max_epochs)}
+    return dict(fields)
+
+
 def _check_training_budget(storage, names: list[str], budget: Budget, storage_url: str | None) -> None:
     """Refuse to resume stored studies whose trials trained with another epoch cap or patience.
 
@@ -581,8 +591,10 @@ def _check_training_budget(storage, names: list[str], budget: Budget, storage_ur
                        if records.TRAIN_CONFIG_ATTR in t.user_attrs), None)
         if stored is None:  # no trial has trained yet: nothing to mix
             continue
-        changed = {option: (stored.get(field), getattr(budget, field))
-                   for field, option in TRAINING_BUDGET_OPTIONS.items() if stored.get(field) != getattr(budget, field)}
+        new = {field: getattr(budget, field) for field in TRAINING_BUDGET_OPTIONS}
+        old, now = _effective_budget(stored), _effective_budget(new)
+        changed = {option: (stored.get(field), new[field])
+                   for field, option in TRAINING_BUDGET_OPTIONS.items() if old.get(field) != now.get(field)}
         if changed:
             refused[name] = changed
     if not refused:
@@ -604,6 +616,22 @@ def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
     missing = [arm.name for arm in arms if study_name(ablation, arm) not in existing]
     if missing:
         refuse_untuned(missing, f"in {redact_url(storage_url)}")
+
+
+def tuning_finished(storage, ablation: Ablation, arms, trials_per_arm: int) -> bool:
+    """Has every arm's stored study its whole budget (at least ``trials_per_arm``) finished, with no trial
+    waiting or running? Then a ``--stage tune`` run has nothing to do (and opens no MLflow run)."""
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for arm in arms:
+        if study_name(ablation, arm) not in existing:
+            return False
+        study = optuna.load_study(study_name=study_name(ablation, arm), storage=storage)
+        counts = budget_counts(study)
+        total = int(study.user_attrs.get(records.BUDGET_ATTR, 0))
+        if (total < trials_per_arm or counts["WAITING"] or counts["RUNNING"]
+                or counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] < total):
+            return False
+    return True
 
 
 def refuse_untuned(arm_names: list[str], where: str) -> None:

@@ -39,6 +39,13 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
     """Tune every arm, confirm every arm's best configuration, summarise and log. Returns the summary."""
     started = time.monotonic()
     budget, config, arm_list, tracking_uri, storage_url = _validated(ablation, options)
+    if options.stage == "tune" and backend.tuning_finished(backend.resolve_storage(storage_url), ablation, arm_list,
+                                                           budget.trials_per_arm):
+        # fresh-user finding: a re-run used to open a parent run and one run per arm that stayed empty
+        print(f"== {ablation.name}: every arm's tuning budget is already finished in {redact_url(storage_url)}; "
+              "nothing to tune (no MLflow run opened). Run --stage confirm with the same --storage for the "
+              "verdicts, or a larger --trials to extend the budget", flush=True)
+        return {}
     with tracking.run(ablation.name, run_name=f"{ablation.name} ({options.stage})",
                       tags=_parent_tags(ablation, options, config, arm_list, storage_url)) as parent, \
             processes.worker_pool(options.jobs, init_worker, (tracking_uri,)) as pool:
