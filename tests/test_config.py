@@ -100,6 +100,9 @@ def test_mask_password_hides_the_urls_password_wherever_a_driver_message_quotes_
     assert mask_password("x", None) == "x"
     assert mask_password("p@ss fails", "mysql://u:p@ss@h/db") == "*** fails"  # an "@" inside the password
     assert mask_password("pa/ss fails", "postgresql://u:pa/ss@h/db") == "*** fails"  # an unencoded "/" in it
+    # a driver that read the password only up to its first "@" quotes the rest as a host (fresh-user finding)
+    assert mask_password("failed to resolve host 'ss@127.0.0.1'", "postgresql://u:p@ss@127.0.0.1:1/db") == \
+        "failed to resolve host '***@127.0.0.1'"
     # a password given as a query parameter (fresh-user finding: printed in full)
     from regimetry.config import redact_url
     url = "postgresql://u@127.0.0.1:1/db?sslmode=disable&password=s3cr3t2"
@@ -110,3 +113,15 @@ def test_mask_password_hides_the_urls_password_wherever_a_driver_message_quotes_
     message = "(psycopg.OperationalError) connection to u:p@127.0.0.1 port 1 failed; password=p"
     assert mask_password(message, "postgresql://u:p@127.0.0.1:1/db") == \
         "(psycopg.OperationalError) connection to u:***@127.0.0.1 port 1 failed; password=***"
+
+
+def test_a_password_with_an_unencoded_at_sign_is_refused_before_any_connection():
+    from regimetry.config import check_credentials
+
+    with pytest.raises(ValueError, match=r"^--storage 'postgresql://u:\*\*\*@127\.0\.0\.1:1/db': the password holds "
+                                         r"an unencoded '@'.*percent-encode it as %40") as caught:
+        check_credentials("postgresql://u:p@ss@127.0.0.1:1/db", "--storage")
+    assert "ss@" not in str(caught.value)
+    for fine in ("postgresql://u:p%40ss@h/db", "postgresql://u:pa/ss@h/db", "sqlite:///data/a@b.db",
+                 "postgresql://u@corp:pw@h/db", None):
+        check_credentials(fine, "--storage")  # SQLAlchemy reads these as meant: nothing to refuse

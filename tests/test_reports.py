@@ -239,6 +239,7 @@ def test_passwords_never_reach_the_notebook(monkeypatch):
     # an unencoded "/" in the password (SQLAlchemy reads it so; fresh-user finding: it was printed in full)
     assert redact_url("postgresql://u:pa/ss@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("postgresql://u:pw@h") == "postgresql://u:***@h"
+    assert redact_url("postgresql://u@corp:pw@h/db") == "postgresql://u@corp:***@h/db"  # an "@" in the user name
     monkeypatch.setenv("REGIMETRY_REPORT_STORAGE", url)
     assert reports._from_env("$REGIMETRY_REPORT_STORAGE") == url and reports._from_env("plain") == "plain"
 

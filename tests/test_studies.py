@@ -309,6 +309,9 @@ def test_swapped_storage_and_tracking_stores_are_refused_and_left_as_they_were(t
     (["--arms", "mean,last,mean"], r"--arms: 'mean' given more than once"),  # fresh-user finding: was dropped silently
     (["--arms", " "], r"--arms: empty; name one or more of \['mean', 'last'\]"),  # fresh-user finding: meant all arms
     (["--patience", "0"], r"--patience: must be >= 1, got 0"),
+    # fresh-user finding: the driver read the host from the password's second half and printed it
+    (["--storage", "postgresql://u:p@ss@127.0.0.1:1/db"], r"^error: --storage 'postgresql://u:\*\*\*@127\.0\.0\.1:1/db': the password holds an unencoded '@'"),
+    (["--tracking-uri", "postgresql://u:p@ss@127.0.0.1:1/db"], r"^error: --tracking-uri 'postgresql://u:\*\*\*@127\.0\.0\.1:1/db': the password holds an unencoded '@'"),
     # fresh-user finding: a date the user typed outside the data moved the test blocks with a warning, exit 0
     (["--dataset", "sp500", "--folds-start", "2011-06-01"],
      r"--folds-start 2011-06-01: too little data before the first test block \(fold 0: .*\); start the folds later$"),
@@ -330,24 +333,31 @@ def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_bu
     would mix two budgets (and its confirmation runs would silently keep the stored trials' settings,
     since they retrain the best trial's configuration), so it is refused, naming the options and the
     stored values, before anything is written."""
-    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", "--patience", "2")) == 0
+    three = ("--stage", "tune", "--trials", "1", "--max-epochs", "3")
+    assert studies.main(_tiny(), _args(tmp_path, *three, "--patience", "1")) == 0
     trials = _study(tmp_path, "tiny_ablation/mean").trials
-    assert {json.loads(t.user_attrs[records.TRAIN_CONFIG_ATTR])["patience"] for t in trials} == {2}
+    assert {json.loads(t.user_attrs[records.TRAIN_CONFIG_ATTR])["patience"] for t in trials} == {1}
     runs_before = len(_runs(tmp_path, "tiny_ablation"))
     capsys.readouterr()
-    for extra, message in ((["--patience", "1"], r"--patience 1 \(its trials: 2\) .*Re-run with --patience 2,"),
-                           (["--max-epochs", "1"], r"--max-epochs 1 \(its trials: 2\), --patience 1 \(its trials: 2\)")):
+    for extra, asks in ((["--max-epochs", "3", "--patience", "2"], "--patience 2 (its trials: 1)"),
+                        (["--max-epochs", "1"], "--max-epochs 1 (its trials: 3)"),  # the same patience: not named
+                        (["--max-epochs", "2"], "--max-epochs 2 (its trials: 3)")):
         assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", *extra)) == 2
         err = capsys.readouterr().err.strip()
         assert re.search(r"'tiny_ablation/mean' in sqlite:///.* was tuned with another training budget: this run asks "
-                         + message, err), err
-        assert "'tiny_ablation/last', likewise" in err and "optuna delete-study --study-name tiny_ablation/last" in err
+                         + re.escape(asks) + r" \(and 'tiny_ablation/last', likewise\)", err), err
+        assert "optuna delete-study --study-name tiny_ablation/last" in err
         assert len(err.splitlines()) == 1 and "Traceback" not in err
         assert len(_runs(tmp_path, "tiny_ablation")) == runs_before
+    assert "Re-run with --max-epochs 3, give" in err
     assert len(_study(tmp_path, "tiny_ablation/mean").trials) == len(trials)
-    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", "--patience", "2")) == 0  # resumes
-    # fresh-user finding: a patience of at least --max-epochs (2 here) never stops a run, so 9 is the stored 2
-    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1", "--patience", "9")) == 0
+    assert studies.main(_tiny(), _args(tmp_path, *three, "--patience", "1")) == 0  # resumes
+    # fresh-user finding: a patience that cannot stop a run (>= --max-epochs - 1: the first epoch always counts
+    # as better) is the same budget whatever its value
+    other = tmp_path / "other"
+    other.mkdir()
+    assert studies.main(_tiny(), _args(other, *three, "--patience", "2")) == 0
+    assert studies.main(_tiny(), _args(other, *three, "--patience", "9")) == 0
 
 
 def test_a_finished_tune_stage_rerun_opens_no_mlflow_run(tmp_path, capsys):

@@ -39,7 +39,7 @@ from regimetry.config.model import (
     ModelConfig,
 )
 from regimetry.config.train import MONITORS, TrainConfig
-from regimetry.config.urls import (connect_args, driver_hint, has_password, is_foreign_file, mask_password, one_line, redact_url,
+from regimetry.config.urls import (check_credentials, connect_args, driver_hint, has_password, is_foreign_file, mask_password, one_line, redact_url,
                                    sqlite_store_kind, url_scheme)
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "TrainConfig",
     "add_data_arguments",
     "check_data_arguments",
+    "check_credentials",
     "has_password",
     "load_yaml",
     "mask_password",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 
-__all__ = ["driver_hint", "has_password", "is_foreign_file", "mask_password", "one_line", "redact_url",
+__all__ = ["check_credentials", "driver_hint", "has_password", "is_foreign_file", "mask_password", "one_line", "redact_url",
            "connect_args", "sqlite_store_kind", "url_scheme"]
 
 
@@ -18,8 +18,23 @@ def url_scheme(url: str | None) -> str:
 #: ``scheme://user:password@host...``. As in SQLAlchemy's URL parser, the password runs to an ``@``, so it may
 #: hold an unencoded ``/``; it runs to the last ``@`` that a host name and the end, a ``/`` or a ``?`` follow, so an
 #: ``@`` inside it is kept too (a database name holding an ``@`` is then masked with it: the safe side).
-_CREDENTIALS = re.compile(r"^(?P<scheme>[\w+.-]+)://(?P<user>[^:/@]*):(?P<password>.*)@(?P<host>[^@/?]+)(?P<tail>[/?].*)?$",
+_CREDENTIALS = re.compile(r"^(?P<scheme>[\w+.-]+)://(?P<user>[^:/]*):(?P<password>.*)@(?P<host>[^@/?]+)(?P<tail>[/?].*)?$",
                           re.DOTALL)
+
+
+def check_credentials(url: str | None, option: str) -> None:
+    """Refuse a password holding an unencoded ``@``: SQLAlchemy's URL parser (and so every driver behind
+    Optuna and MLflow) ends the password at the first ``@`` and reads the rest as the host name, so the
+    connection could only fail, with a message quoting part of the password as a host.
+
+    Raises:
+        ValueError: naming ``option`` (password masked) and the percent-encoding to use.
+    """
+    match = _CREDENTIALS.match(url) if url else None
+    if match is not None and "@" in match["password"]:
+        raise ValueError(f"{option} {redact_url(url)!r}: the password holds an unencoded '@', which the database "
+                         "driver would read as the start of the host name; percent-encode it as %40 (and '/' as "
+                         "%2F, ':' as %3A)")
 
 
 def has_password(url: str | None) -> bool:
@@ -58,8 +73,8 @@ def mask_password(text: object, url: str | None) -> str:
     text = str(text)
     passwords = [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url or "")]
     match = _CREDENTIALS.match(url) if url else None
-    if match is not None:
-        passwords.append(match["password"])
+    if match is not None:  # and each part around an "@" in it, which a driver may quote as part of a host
+        passwords += sorted({match["password"], *match["password"].split("@")}, key=len, reverse=True)
     for password in filter(None, passwords):
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
     return text

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 
 from regimetry import processes, records
-from regimetry.config import (DataConfig, connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
+from regimetry.config import (DataConfig, check_credentials, connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
                               sqlite_store_kind)
 from regimetry.studies.spec import (Ablation, Arm, Budget, NoCompleteTrial, SearchSpace, study_direction, study_key,
                                     study_name)
@@ -85,6 +85,7 @@ def check_storage(url: str | None) -> None:
     if "://" not in url:
         raise ValueError(f"--storage {shown!r}: expected a database URL (sqlite:///file.db, postgresql://...) "
                          "or journal:///path/file.log")
+    check_credentials(url, "--storage")
     if path is None:
         return
     if path.is_dir():
@@ -567,13 +568,15 @@ def check_identity(storage, ablation: Ablation, arms, config: DataConfig, storag
 TRAINING_BUDGET_OPTIONS = {"max_epochs": "--max-epochs", "patience": "--patience"}
 
 
-def _effective_budget(fields: dict) -> dict:
-    """The budget fields as they act on training: a patience of ``max_epochs`` or more never stops a run
-    early (``training``'s early stopping counts at most ``max_epochs`` epochs without improvement), so
-    every such patience is the same budget and is compared as ``max_epochs``."""
+def _effective_budget(fields: dict, warm_start_candidate: bool) -> dict:
+    """The budget fields as they act on training. ``training``'s early stopping stops a run after
+    ``patience`` epochs without a better validation score; the first epoch always beats "nothing yet"
+    (unless ``TrainConfig.warm_start_candidate`` makes the linear start the first candidate), so a run can
+    stop early only when ``patience < max_epochs - 1`` (``< max_epochs`` with the candidate). Every patience
+    from that bound up is the same budget and is compared as the bound."""
     patience, max_epochs = fields.get("patience"), fields.get("max_epochs")
     if isinstance(patience, int) and isinstance(max_epochs, int):
-        return {**fields, "patience": min(patience, max_epochs)}
+        return {**fields, "patience": min(patience, max_epochs if warm_start_candidate else max_epochs - 1)}
     return dict(fields)
 
 
@@ -591,11 +594,16 @@ def _check_training_budget(storage, names: list[str], budget: Budget, storage_ur
                        if records.TRAIN_CONFIG_ATTR in t.user_attrs), None)
         if stored is None:  # no trial has trained yet: nothing to mix
             continue
+        candidate = bool(stored.get("warm_start_candidate", False))  # the ablation's fixed setting: same in both
+        stored = {field: stored.get(field) for field in TRAINING_BUDGET_OPTIONS}
         new = {field: getattr(budget, field) for field in TRAINING_BUDGET_OPTIONS}
-        old, now = _effective_budget(stored), _effective_budget(new)
-        changed = {option: (stored.get(field), new[field])
-                   for field, option in TRAINING_BUDGET_OPTIONS.items() if old.get(field) != now.get(field)}
-        if changed:
+        old, now = _effective_budget(stored, candidate), _effective_budget(new, candidate)
+        # a field counts when it acts differently; it is named only where its value differs too (a patience of
+        # 1 means 1 epoch at --max-epochs 1 and 3: only the epoch cap is named)
+        if old != now:
+            changed = {option: (stored[field], new[field])
+                       for field, option in TRAINING_BUDGET_OPTIONS.items()
+                       if old[field] != now[field] and stored[field] != new[field]}
             refused[name] = changed
     if not refused:
         return

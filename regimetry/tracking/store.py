@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import create_engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from regimetry.config import (connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
+from regimetry.config import (check_credentials, connect_args, driver_hint, is_foreign_file, mask_password, one_line, redact_url,
                               sqlite_store_kind, url_scheme)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -94,6 +94,7 @@ def configure(tracking_uri: str | None = None) -> str:
     if scheme not in TRACKING_SCHEMES:  # MLflow's own text is about its model registry
         raise ValueError(f"{option} {shown!r}: unknown scheme {scheme!r}; use a database (sqlite:///mlruns/mlflow.db, "
                          "postgresql://..., mysql://...) or an MLflow server (http://host:5000)")
+    check_credentials(uri, option)
     mlflow.set_tracking_uri(uri)
     if uri in _configured:
         return uri
