@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 4)")
     parser.add_argument("--seeds", type=int, help="confirmation seeds per data set (default 2)")
     parser.add_argument("--paths", type=int, default=2, help="independently simulated data sets (default 2)")
-    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///mlruns/optuna.db)")
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///mlruns/optuna.db; sqlite:///mlruns/optuna_smoke.db with --smoke)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, sampler, training and bootstrap")
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help=f"worker processes (default {DEFAULT_JOBS})")

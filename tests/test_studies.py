@@ -360,6 +360,35 @@ def test_patience_sets_every_trials_early_stopping_and_a_resume_under_another_bu
     assert studies.main(_tiny(), _args(other, *three, "--patience", "9")) == 0
 
 
+def test_a_smoke_run_has_its_own_default_storage(tmp_path, monkeypatch):
+    """Fresh-user finding: a ``--smoke`` run on the default storage locked it against the main job (other data,
+    so the identity check refused the full run). Smoke runs default to ``mlruns/optuna_smoke.db``."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--dataset", "synthetic", "--smoke", "--no-report", "--paths", "2", "--jobs", "1", "--stage", "tune",
+            "--trials", "1", "--tracking-uri", f"sqlite:///{tmp_path}/mlruns/mlflow.db"]
+    assert studies.main(_tiny(), args) == 0
+    assert (tmp_path / "mlruns" / "optuna_smoke.db").is_file() and not (tmp_path / "mlruns" / "optuna.db").exists()
+    assert studies.SMOKE_STORAGE == "sqlite:///mlruns/optuna_smoke.db" != studies.DEFAULT_STORAGE
+
+
+def test_confirm_reports_the_stored_budget_and_refuses_unequal_ones(tmp_path, capsys):
+    """Fresh-user finding: after ``--stage tune --trials 2``, a ``--stage confirm`` with a smaller ``--trials``
+    confirmed the best of 2 trials but printed "Budget: 1 trials per arm". And arms extended one at a time
+    (``--arms``) would be compared after unequal budgets: refused, naming them and how to even them."""
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "2")) == 0
+    capsys.readouterr()
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "confirm", "--trials", "1")) == 0
+    out = capsys.readouterr().out
+    assert "the stored studies hold 2 trials per arm (this run's --trials: 1)" in out
+    assert "Budget: 2 trials per arm" in out and "Budget: 1 trials" not in out
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "3", "--arms", "mean")) == 0
+    capsys.readouterr()
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "confirm", "--trials", "1")) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.search(r"^error: the arms' studies hold unequal tuning budgets \(mean 3, last 2 trials\); .*"
+                     r"Run --stage tune --trials 3 with the same --storage", err) and len(err.splitlines()) == 1, err
+
+
 def test_a_finished_tune_stage_rerun_opens_no_mlflow_run(tmp_path, capsys):
     """Fresh-user finding: re-running a finished ``--stage tune`` opened a parent run and one run per arm
     that stayed empty. It now says there is nothing to tune; a larger --trials still extends the budget."""

@@ -69,7 +69,7 @@ _EXPORTS = {
              "AA_SEED_OFFSET", "METRICS_OF_RECORD", "REFERENCE_BASELINES", "DEFAULT_JOBS", "NoCompleteTrial",
              "BudgetIncomplete", "ReportFailed", "control_ablation", "data_config", "data_key", "study_key",
              "study_name", "validate_arms"),
-    "backend": ("DEFAULT_STORAGE", "OWNER_ATTR", "CREATOR_ATTR", "resolve_storage", "ensure_study",
+    "backend": ("DEFAULT_STORAGE", "SMOKE_STORAGE", "OWNER_ATTR", "CREATOR_ATTR", "resolve_storage", "ensure_study",
                 "draw_configurations", "recover_orphaned_trials", "budget_counts", "study_names",
                 "study_trials_frame", "param_importances"),
     "context": ("evaluation_blocks", "apply_arm_to_splits"),

@@ -44,10 +44,13 @@ logger = logging.getLogger("regimetry.studies")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+#: ``--smoke`` runs' default storage: their studies use other data than the default run's, so in one storage
+#: whichever came second would be refused (fresh-user finding: a smoke run first locked out the main job).
+SMOKE_STORAGE = "sqlite:///mlruns/optuna_smoke.db"
 OWNER_ATTR = records.OWNER_ATTR
 CREATOR_ATTR = records.CREATOR_ATTR
 
-__all__ = ["DEFAULT_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity", "refuse_untuned",
+__all__ = ["DEFAULT_STORAGE", "SMOKE_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity", "refuse_untuned",
            "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "Heartbeat",
            "study_names", "study_trials_frame", "param_importances", "storage_file", "best_configurations"]
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from regimetry import processes
 from regimetry.config import CONTROL_SOURCES, SOURCES, parse_overrides
-from regimetry.studies.backend import DEFAULT_STORAGE
+from regimetry.studies.backend import DEFAULT_STORAGE, SMOKE_STORAGE
 from regimetry.studies.context import configure_logging
 from regimetry.studies.runner import run_ablation
 from regimetry.studies.spec import (DEFAULT_JOBS, Ablation, BudgetIncomplete, NoCompleteTrial, ReportFailed, RunOptions,
@@ -53,7 +53,7 @@ def build_parser(ablation: Ablation) -> argparse.ArgumentParser:
     parser.add_argument("--folds-start", metavar="DATE",
                         help="first day of the first walk-forward test block (default 2008-01-01 on market data: "
                              "hyperparameters are tuned on the period before it)")
-    parser.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE}); "
+    parser.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE}, {SMOKE_STORAGE} with --smoke); "
                                           "postgresql://..., mysql://..., journal:///path/file.log")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
                                                "sqlite:///mlruns/mlflow.db)")

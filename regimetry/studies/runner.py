@@ -39,6 +39,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
     """Tune every arm, confirm every arm's best configuration, summarise and log. Returns the summary."""
     started = time.monotonic()
     budget, config, arm_list, tracking_uri, storage_url = _validated(ablation, options)
+    options = dataclasses.replace(options, storage=storage_url)  # workers and confirmation open the same storage
     if options.stage == "tune" and backend.tuning_finished(backend.resolve_storage(storage_url), ablation, arm_list,
                                                            budget.trials_per_arm):
         # fresh-user finding: a re-run used to open a parent run and one run per arm that stayed empty
@@ -58,7 +59,11 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
             _tune(pool, options.jobs, ctx, names)
         if options.stage == "tune":
             return {}
-        check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
+        tuned = check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
+        if tuned != budget.trials_per_arm:  # an earlier --trials extended the studies: report what was tuned
+            print(f"== {ablation.name}: the stored studies hold {plural(tuned, 'trial')} per arm (this run's "
+                  f"--trials: {budget.trials_per_arm}); the summary reports {tuned}", flush=True)
+            ctx.budget = dataclasses.replace(ctx.budget, trials_per_arm=tuned)
         print(f"== {ablation.name}: confirming best configurations ({plural(budget.folds, 'block')} x "
               f"{plural(budget.seeds, 'seed')})",
               flush=True)
@@ -92,7 +97,7 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
         if not options.folds_start or "DataConfig.folds_start" not in str(exc):
             raise
         raise ValueError(str(exc).replace("DataConfig.folds_start", "--folds-start")) from None
-    storage_url = options.storage or backend.DEFAULT_STORAGE
+    storage_url = options.storage or (backend.SMOKE_STORAGE if options.smoke else backend.DEFAULT_STORAGE)
     backend.check_storage(storage_url)  # its form and file, before the data are prepared or any store exists
     arm_list = [a for a in ablation.arms if options.arms is None or a.name in options.arms]
     local_file = backend.storage_file(storage_url)
