@@ -302,7 +302,8 @@ def test_swapped_storage_and_tracking_stores_are_refused_and_left_as_they_were(t
     (["--seed", "-1"], r"--seed: must be an integer in \[0, 2\*\*32\), got -1"),
     (["--set", "model.d_model=8"], r"--set: only data.<field> settings"),
     # fresh-user finding: the example given was model.d_model=64, which --set here refuses
-    (["--set", "window_size=10"], r"'window_size=10': expected section.field=value \(e\.g\. data\.window_size=10\)"),
+    (["--set", "window_size=10"], r"^error: --set 'window_size=10': expected section.field=value \(e\.g\. data\.window_size=10\)$"),
+    (["--set", "=3"], r"^error: --set '=3': expected section.field=value \(e\.g\. data\.window_size=30\)$"),
     (["--set", "data.source=csv"], r"--set data.source: use the option of its own"),
     (["--set", "data.no_such_field=1"], r"no_such_field"),
     (["--dataset", "sp500", "--folds", "1000"], r"--folds / DataConfig.num_folds=1000: .* use at most \d+ folds"),
@@ -393,8 +394,9 @@ def test_a_finished_tune_stage_rerun_opens_no_mlflow_run(tmp_path, capsys):
     """Fresh-user finding: re-running a finished ``--stage tune`` opened a parent run and one run per arm
     that stayed empty. It now says there is nothing to tune; a larger --trials still extends the budget."""
     assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1")) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert "run --stage confirm with the same --storage" in out[-2] and "browse the runs: mlflow ui" in out[-1]
     runs_before = len(_runs(tmp_path, "tiny_ablation"))
-    capsys.readouterr()
     assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "1")) == 0
     assert "every arm's tuning budget is already finished" in capsys.readouterr().out
     assert len(_runs(tmp_path, "tiny_ablation")) == runs_before

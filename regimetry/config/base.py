@@ -183,7 +183,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return document
 
 
-def parse_overrides(items: list[str] | tuple[str, ...], section: str | None = None) -> dict[str, dict[str, Any]]:
+def parse_overrides(items: list[str] | tuple[str, ...], section: str | None = None,
+                    option: str = "override") -> dict[str, dict[str, Any]]:
     """Parse ``section.field=value`` strings (``model.d_model=64``) into per-section dicts.
 
     Values are parsed as YAML scalars/lists (``64`` -> int, ``[5,21]`` -> list, ``a=b`` -> "a=b").
@@ -192,6 +193,7 @@ def parse_overrides(items: list[str] | tuple[str, ...], section: str | None = No
         items: the strings as given on the command line.
         section: the one section the caller accepts (``"data"`` for the experiment scripts), used only to
             word the example of the error for an item without a prefix; None (default) for any section.
+        option: how the errors name an item's origin (``"--set"`` on a command line).
 
     Raises:
         ValueError: an item without ``=`` or without a ``section.`` prefix.
@@ -199,11 +201,12 @@ def parse_overrides(items: list[str] | tuple[str, ...], section: str | None = No
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"override {item!r}: expected section.field=value")
+            raise ValueError(f"{option} {item!r}: expected section.field=value")
         key, raw = item.split("=", 1)
         if "." not in key:
-            example = f"{section}.{key.strip()}={raw}" if section else "model.d_model=64"
-            raise ValueError(f"override {item!r}: expected section.field=value (e.g. {example})")
+            example = (f"{section}.{key.strip()}={raw}" if section and key.strip() and raw
+                       else f"{section}.window_size=30" if section == "data" else "model.d_model=64")
+            raise ValueError(f"{option} {item!r}: expected section.field=value (e.g. {example})")
         prefix, field = key.split(".", 1)
         try:
             value = _yaml_load(raw) if raw.strip() else None

@@ -148,7 +148,7 @@ def options_from_args(ablation: Ablation, args: argparse.Namespace) -> RunOption
 
 def _data_settings(items: Sequence[str]) -> tuple[tuple[str, Any], ...]:
     """``--set data.FIELD=VALUE`` items as sorted ``(field, value)`` pairs (data settings only)."""
-    overrides = parse_overrides(items, section="data")
+    overrides = parse_overrides(items, section="data", option="--set")
     if set(overrides) - {"data"}:
         raise ValueError(f"--set: only data.<field> settings can be set here, got "
                          f"{sorted(set(overrides) - {'data'})}; model and training settings are the "

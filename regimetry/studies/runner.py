@@ -58,6 +58,10 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
                   f"(storage {redact_url(storage_url)}, {options.jobs} process(es))", flush=True)
             _tune(pool, options.jobs, ctx, names)
         if options.stage == "tune":
+            print(f"== {ablation.name}: tuning done in this process; once every tuning process has finished, run "
+                  f"--stage confirm with the same --storage for the verdicts", flush=True)
+            print(f"== {ablation.name}: browse the runs: {tracking.browse_hint(parent.experiment_id, tracking_uri)}",
+                  flush=True)
             return {}
         tuned = check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
         if tuned != budget.trials_per_arm:  # an earlier --trials extended the studies: report what was tuned
