@@ -307,6 +307,9 @@ def test_swapped_storage_and_tracking_stores_are_refused_and_left_as_they_were(t
     (["--set", "data.source=csv"], r"--set data.source: use the option of its own"),
     (["--set", "data.no_such_field=1"], r"no_such_field"),
     (["--dataset", "sp500", "--folds", "1000"], r"--folds / DataConfig.num_folds=1000: .* use at most \d+ folds"),
+    # fresh-user finding: a file too short for even one fold was told to "use at most 1 folds" under --folds 1
+    (["--dataset", "csv", "--csv", str(Path(__file__).parent / "fixtures" / "signals.csv"), "--folds", "1"],
+     r"--folds / DataConfig.num_folds=1: .* holds \d+ windows.*: even one fold is too short: give more data"),
     (["--arms", "mean,last,mean"], r"--arms: 'mean' given more than once"),  # fresh-user finding: was dropped silently
     (["--arms", " "], r"--arms: empty; name one or more of \['mean', 'last'\]"),  # fresh-user finding: meant all arms
     (["--patience", "0"], r"--patience: must be >= 1, got 0"),

@@ -194,11 +194,15 @@ def fold_positions(
     # each test block needs two bootstrap blocks (of the label horizon, in windows) for its intervals
     min_block = 2 * max(1, math.ceil(config.horizon / config.stride))
     if period.size < config.num_folds * min_block:
+        fewer = period.size // min_block
+        remedy = (f"use at most {fewer} folds" if fewer >= 1 else
+                  "even one fold is too short: give more data (a longer file or period), an earlier --folds-start, "
+                  "or a shorter horizon")
         raise ValueError(
             f"--folds / DataConfig.num_folds={config.num_folds}: the fold period ({index[int(period[0])].date()} .. "
             f"{index[int(period[-1])].date()}) holds {period.size} windows, so test blocks of about "
             f"{period.size // config.num_folds}; each needs at least {min_block} (two label horizons) for the block "
-            f"bootstrap: use at most {max(1, period.size // min_block)} folds")
+            f"bootstrap: {remedy}")
     W, h, e = config.window_size, config.horizon, config.resolved_embargo
     folds = []
     for k, test in enumerate(np.array_split(period, config.num_folds)):
