@@ -901,3 +901,14 @@ def test_pool_workers_share_the_cores_among_their_tensorflow_threads(monkeypatch
     assert all(os.getenv(name) is None for name in processes.THREAD_VARIABLES)  # the parent is untouched
     monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")
     assert worker_settings() == ["3", share]
+
+
+def test_data_warnings_print_as_one_line_without_library_source():
+    """Fresh-user finding: a data warning showed the harness's file, line and source line under it."""
+    from regimetry.data.sources import RegimetryDataWarning
+    from regimetry.studies import context
+
+    assert context._format_warning(RegimetryDataWarning("column 'x': 3 NaN"), RegimetryDataWarning,
+                                   "/somewhere/context.py", 57, "blocks = list(...)") == "warning: column 'x': 3 NaN\n"
+    other = context._format_warning(UserWarning("u"), UserWarning, "/somewhere/lib.py", 3, "x = 1")
+    assert "/somewhere/lib.py:3" in other and "UserWarning" in other

@@ -11,12 +11,14 @@ import dataclasses
 import logging
 import math
 import os
+import warnings
 
 import numpy as np
 
 from regimetry import data as data_mod
 from regimetry import processes
 from regimetry.config import DataConfig
+from regimetry.data.sources import RegimetryDataWarning
 from regimetry.studies import backend
 from regimetry.studies.spec import Ablation, Arm, Budget, RunOptions
 
@@ -88,7 +90,19 @@ class _DropRetracingWarnings(logging.Filter):
         return "triggered tf.function retracing" not in record.getMessage()
 
 
+_default_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Our data warnings (about the user's data or options) as one ``warning: ...`` line, without the
+    source file and line of the library code that raised them; other warnings as Python shows them."""
+    if issubclass(category, RegimetryDataWarning):
+        return f"warning: {message}\n"
+    return _default_formatwarning(message, category, filename, lineno, line)
+
+
 def configure_logging() -> None:
+    warnings.formatwarning = _format_warning
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     backend.quiet_logging()
     for noisy in ("mlflow", "alembic", "urllib3", "absl", "matplotlib", "papermill"):
