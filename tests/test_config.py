@@ -116,12 +116,18 @@ def test_mask_password_hides_the_urls_password_wherever_a_driver_message_quotes_
 
 
 def test_a_password_with_an_unencoded_at_sign_is_refused_before_any_connection():
-    from regimetry.config import check_credentials
+    from regimetry.config import check_credentials, mask_password
 
     with pytest.raises(ValueError, match=r"^--storage 'postgresql://u:\*\*\*@127\.0\.0\.1:1/db': the password holds "
                                          r"an unencoded '@'.*percent-encode it as %40") as caught:
         check_credentials("postgresql://u:p@ss@127.0.0.1:1/db", "--storage")
     assert "ss@" not in str(caught.value)
+    # also as a query parameter (fresh-user finding: SQLAlchemy then read the host from the password's tail)
+    with pytest.raises(ValueError, match=r"password=\*\*\*': the password holds an unencoded '@'") as caught:
+        check_credentials("postgresql://u@127.0.0.1:1/db?password=hunter2@xyzzy", "--storage")
+    assert "xyzzy" not in str(caught.value) and "hunter2" not in str(caught.value)
+    assert mask_password("failed to resolve host 'xyzzy'", "postgresql://u@h:1/db?password=hunter2@xyzzy") == \
+        "failed to resolve host '***'"
     for fine in ("postgresql://u:p%40ss@h/db", "postgresql://u:pa/ss@h/db", "sqlite:///data/a@b.db",
                  "postgresql://u@corp:pw@h/db", None):
         check_credentials(fine, "--storage")  # SQLAlchemy reads these as meant: nothing to refuse

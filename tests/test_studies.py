@@ -385,12 +385,23 @@ def test_confirm_reports_the_stored_budget_and_refuses_unequal_ones(tmp_path, ca
     out = capsys.readouterr().out
     assert "the stored studies hold 2 trials per arm (this run's --trials: 1)" in out
     assert "Budget: 2 trials per arm" in out and "Budget: 1 trials" not in out
-    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "3", "--arms", "mean")) == 0
+    # fresh-user finding: a confirm with a larger --trials queued a trial in every study before failing
+    runs_before = len(_runs(tmp_path, "tiny_ablation"))
     capsys.readouterr()
-    assert studies.main(_tiny(), _args(tmp_path, "--stage", "confirm", "--trials", "1")) == 1
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "confirm", "--trials", "3")) == 2
     err = capsys.readouterr().err.strip()
-    assert re.search(r"^error: the arms' studies hold unequal tuning budgets \(mean 3, last 2 trials\); .*"
-                     r"Run --stage tune --trials 3 with the same --storage", err) and len(err.splitlines()) == 1, err
+    assert re.search(r"^error: --trials 3: the stored studies hold mean 2, last 2 trials, and --stage confirm does not "
+                     r"tune; run --stage tune --trials 3 \(with the same other options\) first", err), err
+    assert len(_study(tmp_path, "tiny_ablation/mean").trials) == 2 and len(_runs(tmp_path, "tiny_ablation")) == runs_before
+    assert studies.main(_tiny(), _args(tmp_path, "--stage", "tune", "--trials", "3", "--arms", "mean")) == 0
+    runs_before = len(_runs(tmp_path, "tiny_ablation"))
+    capsys.readouterr()
+    for stage in ("confirm", "all"):  # refused before any MLflow run (they used to leave empty ones behind)
+        assert studies.main(_tiny(), _args(tmp_path, "--stage", stage, "--trials", "1")) == 2
+        err = capsys.readouterr().err.strip()
+        assert re.search(r"^error: the arms' studies hold unequal tuning budgets \(mean 3, last 2 trials\); .*"
+                         r"Run --stage tune --trials 3 for every arm", err) and len(err.splitlines()) == 1, err
+        assert len(_runs(tmp_path, "tiny_ablation")) == runs_before
 
 
 def test_a_finished_tune_stage_rerun_opens_no_mlflow_run(tmp_path, capsys):

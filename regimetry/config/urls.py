@@ -31,7 +31,8 @@ def check_credentials(url: str | None, option: str) -> None:
         ValueError: naming ``option`` (password masked) and the percent-encoding to use.
     """
     match = _CREDENTIALS.match(url) if url else None
-    if match is not None and "@" in match["password"]:
+    in_query = any("@" in m.group(0) for m in _QUERY_PASSWORD.finditer(url or ""))
+    if in_query or (match is not None and "@" in match["password"]):
         raise ValueError(f"{option} {redact_url(url)!r}: the password holds an unencoded '@', which the database "
                          "driver would read as the start of the host name; percent-encode it as %40 (and '/' as "
                          "%2F, ':' as %3A)")
@@ -71,10 +72,12 @@ def mask_password(text: object, url: str | None) -> str:
     ``url`` replaced by ``***`` wherever it occurs as a token of its own (not inside a longer run of
     letters and digits: a one-letter password ``p`` must not turn ``psycopg`` into ``***syco***g``)."""
     text = str(text)
-    passwords = [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url or "")]
+    values = [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url or "")]
     match = _CREDENTIALS.match(url) if url else None
-    if match is not None:  # and each part around an "@" in it, which a driver may quote as part of a host
-        passwords += sorted({match["password"], *match["password"].split("@")}, key=len, reverse=True)
+    if match is not None:
+        values.append(match["password"])
+    # each value, and each part around an "@" in it (a driver may quote the part after it as a host), longest first
+    passwords = sorted({part for value in values for part in (value, *value.split("@"))}, key=len, reverse=True)
     for password in filter(None, passwords):
         text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(password)}(?![A-Za-z0-9])", "***", text)
     return text

@@ -50,7 +50,7 @@ SMOKE_STORAGE = "sqlite:///mlruns/optuna_smoke.db"
 OWNER_ATTR = records.OWNER_ATTR
 CREATOR_ATTR = records.CREATOR_ATTR
 
-__all__ = ["DEFAULT_STORAGE", "SMOKE_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity", "refuse_untuned",
+__all__ = ["DEFAULT_STORAGE", "SMOKE_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity", "check_budgets", "refuse_untuned",
            "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "Heartbeat",
            "study_names", "study_trials_frame", "param_importances", "storage_file", "best_configurations"]
 
@@ -627,6 +627,39 @@ def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
     missing = [arm.name for arm in arms if study_name(ablation, arm) not in existing]
     if missing:
         refuse_untuned(missing, f"in {redact_url(storage_url)}")
+
+
+def check_budgets(storage, ablation: Ablation, arms, stage: str, trials_per_arm: int) -> None:
+    """Before anything is written: ``--stage confirm`` does not tune, so a ``--trials`` above what the stored
+    studies hold is refused (it used to queue trials in every study before failing); and the arms a
+    confirmation compares must end up with equal budgets (``--stage all`` extends each study to ``--trials``,
+    never shrinks one).
+
+    Raises:
+        ValueError: naming the arms' stored budgets and the command that evens them.
+    """
+    if stage == "tune":  # arms may be extended one at a time (--arms), e.g. by several machines
+        return
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    stored = {}
+    for arm in arms:
+        if study_name(ablation, arm) in existing:
+            study = optuna.load_study(study_name=study_name(ablation, arm), storage=storage)
+            stored[arm.name] = int(study.user_attrs.get(records.BUDGET_ATTR, 0))
+    if not stored:
+        return
+    listed = ", ".join(f"{name} {total}" for name, total in stored.items())
+    if stage == "confirm" and max(stored.values()) < trials_per_arm:
+        raise ValueError(f"--trials {trials_per_arm}: the stored studies hold {listed} trials, and --stage confirm "
+                         f"does not tune; run --stage tune --trials {trials_per_arm} (with the same other options) "
+                         "first, or leave --trials out")
+    after = {name: total if stage == "confirm" else max(total, trials_per_arm) for name, total in stored.items()}
+    if stage == "all":
+        after.update({arm.name: trials_per_arm for arm in arms if arm.name not in stored})
+    if len(set(after.values())) > 1:
+        raise ValueError(f"the arms' studies hold unequal tuning budgets ({listed} trials); the verdicts compare "
+                         f"arms tuned with equal budgets. Run --stage tune --trials {max(after.values())} for every "
+                         "arm (with the same other options) to even them, then --stage confirm")
 
 
 def tuning_finished(storage, ablation: Ablation, arms, trials_per_arm: int) -> bool:

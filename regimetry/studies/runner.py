@@ -124,6 +124,7 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
         print(f"== {ablation.name}: new Optuna storage {local_file.resolve()} (no such file before)", flush=True)
     if options.stage == "confirm":
         backend.check_tuned(backend.resolve_storage(storage_url), ablation, arm_list, storage_url)
+    backend.check_budgets(backend.resolve_storage(storage_url), ablation, arm_list, options.stage, budget.trials_per_arm)
     ended = tracking.end_orphaned_runs(ablation.name, tracking_uri=tracking_uri)
     if ended:
         print(f"== {ablation.name}: ended {len(ended)} MLflow run(s) KILLED whose process is gone", flush=True)

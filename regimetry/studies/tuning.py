@@ -199,6 +199,6 @@ def check_budget_complete(storage, ctx: WorkerContext, arm_list: Sequence[Arm]) 
         listed = ", ".join(f"{name} {total}" for name, total in totals.items())
         raise BudgetIncomplete(
             f"the arms' studies hold unequal tuning budgets ({listed} trials); the verdicts compare arms tuned "
-            f"with equal budgets. Run --stage tune --trials {max(totals.values())} with the same --storage "
-            "(and every arm) to even them, then --stage confirm")
+            f"with equal budgets. Run --stage tune --trials {max(totals.values())} for every arm (with the same "
+            "other options) to even them, then --stage confirm")
     return next(iter(totals.values()))
