@@ -30,7 +30,7 @@ minimum detectable effect of that comparison at 80 % power).
 
 Reproduce: ``python experiments/00_positive_controls.py`` (all four; ``--controls order,recency`` for
 some; ``--smoke`` for a quick run that checks the plumbing, not the verdicts). Writes
-``reports/00_positive_controls/checks.md``, ``checks.csv`` and the papermill report
+``reports/00_positive_controls/checks.md`` (``reports/smoke/...`` with ``--smoke``), ``checks.csv`` and the papermill report
 ``controls_report.html`` (``notebooks/controls_report.ipynb``), and logs them to each control's
 MLflow parent run.
 """
@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, help=f"worker processes (default {DEFAULT_JOBS})")
     parser.add_argument("--smoke", action="store_true", help="tiny budget and data: checks the plumbing only")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip the papermill reports")
-    parser.add_argument("--output-dir", default="reports/00_positive_controls", help="where checks.md/csv go")
+    parser.add_argument("--output-dir", help="where checks.md/csv and the controls report go (default "
+                                             "reports/00_positive_controls, reports/smoke/00_positive_controls "
+                                             "with --smoke, so that a smoke run never replaces a full run's checks)")
     return parser
 
 
@@ -115,7 +117,7 @@ def run_controls(args: argparse.Namespace) -> pd.DataFrame:
         header.append(line)
         parents.append(parent_run_id)
     table = pd.concat(all_checks, ignore_index=True)
-    out = Path(args.output_dir)
+    out = Path(args.output_dir or ("reports/smoke/00_positive_controls" if args.smoke else "reports/00_positive_controls"))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "checks.csv", index=False)
     aa = table[table["check"] == "aa_null"]

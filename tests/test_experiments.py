@@ -145,6 +145,18 @@ def test_smoke_03_on_sp500_logs_protocol_verdicts_and_report(smoke_03):
     assert "absl::InitializeLog" not in smoke_03["stdout"] and "cuInit" not in smoke_03["stdout"]
 
 
+@pytest.mark.xdist_group("smoke_03")
+def test_re_rendering_a_smoke_report_keeps_it_under_reports_smoke(smoke_03, monkeypatch):
+    """Fresh-user finding: ``python -m regimetry.reports 03_encoding_ablation`` after a smoke run wrote the smoke
+    report into reports/03_encoding_ablation/, over the full run's; the smoke run's options say where it goes."""
+    from regimetry.reports.cli import main as reports_main
+
+    monkeypatch.chdir(smoke_03["root"])
+    assert reports_main(["03_encoding_ablation", "--tracking-uri", smoke_03["uri"], "--no-log"]) == 0
+    assert (smoke_03["root"] / "reports" / "smoke" / "03_encoding_ablation" / "ablation_report.html").is_file()
+    assert not (smoke_03["root"] / "reports" / "03_encoding_ablation").exists()
+
+
 @pytest.mark.parametrize("script", ["04_mask_ablation", "05_depth_ablation", "06_pooling_ablation",
                                     "07_encoder_value"])
 def test_smoke_of_each_experiment_script(script, tmp_path):
@@ -217,7 +229,9 @@ def test_smoke_of_the_positive_controls_script(tmp_path, monkeypatch):
                                 seeds=1)
     assert "summary/ceilings.csv" in _artifacts(parent["run_id"], uri, "summary")
     assert "controls/checks.csv" in _artifacts(parent["run_id"], uri, "controls")
-    table = (tmp_path / "reports" / "00_positive_controls" / "checks.md").read_text()
+    # a smoke run's checks never replace a full run's (fresh-user finding)
+    assert not (tmp_path / "reports" / "00_positive_controls").exists()
+    table = (tmp_path / "reports" / "smoke" / "00_positive_controls" / "checks.md").read_text()
     assert "| event_order | aa_null | lookahead | lookahead_copy |" in table
     assert "| event_order | winner_beats | lookahead | unmasked |" in table
 

@@ -791,9 +791,10 @@ def test_a_short_budget_never_prints_verdicts(tmp_path, capsys):
     args = _args(tmp_path, "--paths", "1", "--trials", "2")
     assert studies.main(_tiny(), [*args, "--stage", "tune"]) == 0
     capsys.readouterr()
-    study = _study(tmp_path, "tiny_ablation/mean")
-    study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True})
-    study.set_user_attr("budget", 3)  # one more slot, claimed by a process that is alive (this one)
+    for arm in ("last", "mean"):  # one more slot in each (equal budgets), mean's claimed by a live process (this one)
+        study = _study(tmp_path, f"tiny_ablation/{arm}")
+        study.enqueue_trial({}, user_attrs={"regimetry_budget_slot": True})
+        study.set_user_attr("budget", 3)
     trial = backend.claim_waiting_trial(study)
     assert trial is not None
     assert studies.main(_tiny(), [*args, "--stage", "confirm", "--trials", "3"]) == 1

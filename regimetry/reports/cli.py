@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="Optuna storage URL (default: the parent run's optuna_storage tag)")
     parser.add_argument("--parent-run-id", help="the stage=study run to report (default: the latest)")
     parser.add_argument("--metric", default="balanced_accuracy", choices=REPORT_METRICS)
-    parser.add_argument("--output-dir", default="reports", help="root directory of the reports (default reports)")
+    parser.add_argument("--output-dir", help="root directory of the reports (default reports; reports/smoke for a "
+                                             "--smoke run's report)")
     parser.add_argument("--no-log", dest="log", action="store_false",
                         help="do not log the rendered report as artifacts of the parent run")
     parser.add_argument("--data-config", metavar="FILE", help="render the data report of this YAML DataConfig")
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.data_config:
-            paths = render_data_report(args.data_config, Path(args.output_dir) / "data")
+            paths = render_data_report(args.data_config, Path(args.output_dir or "reports") / "data")
         else:
             paths = render_ablation_report(
                 args.experiment, tracking_uri=args.tracking_uri, storage=args.storage,

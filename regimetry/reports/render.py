@@ -235,7 +235,7 @@ def render_ablation_report(
     storage: str | None = None,
     parent_run_id: str | None = None,
     metric: str = "balanced_accuracy",
-    output_dir: str | os.PathLike = "reports",
+    output_dir: str | os.PathLike | None = None,
     log_to_parent: bool = True,
     timeout: float = 600.0,
 ) -> ReportPaths:
@@ -251,7 +251,8 @@ def render_ablation_report(
         parent_run_id: the ``stage=study`` run to report (default: the latest FINISHED one of the experiment).
         metric: metric of record shown in the tables, one of ``balanced_accuracy``, ``macro_f1``,
             ``log_loss``.
-        output_dir: root of the reports (relative paths against the current directory).
+        output_dir: root of the reports (relative paths against the current directory); default ``reports``,
+            or ``reports/smoke`` for a ``--smoke`` run, so that re-rendering one never replaces a full run's report.
         log_to_parent: log both files as artifacts ``report/ablation_report.{ipynb,html}`` of the parent
             run (by explicit run id, so it works while the parent run is still active).
         timeout: seconds allowed per cell.
@@ -270,6 +271,9 @@ def render_ablation_report(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     runs = load_ablation_runs(experiment, uri, parent_run_id)  # fails fast with a clear message
     parent_id = runs.parent_run_id
+    if output_dir is None:
+        smoke = str(records.read_params(runs.parent, records.OPTIONS_PARAM).get("smoke", "")).lower() == "true"
+        output_dir = "reports/smoke" if smoke else "reports"
     if storage:  # the user's --storage: refuse a bad or missing one before rendering (exit 2 in the CLI)
         backend.resolve_storage(_absolute_url(storage), read_only=True)
     else:
