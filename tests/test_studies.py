@@ -321,7 +321,8 @@ def test_swapped_storage_and_tracking_stores_are_refused_and_left_as_they_were(t
      r"--folds-start 2011-06-01: too little data before the first test block \(fold 0: .*\); start the folds later$"),
     (["--dataset", "sp500", "--folds-start", "2020-13-45"], r"^error: --folds-start: expected an ISO date YYYY-MM-DD"),
     (["--dataset", "sp500", "--folds-start", "2030-01-01"],
-     r"--folds-start 2030-01-01: lies outside the samples' period \(\d{4}-\d\d-\d\d \.\. 20\d\d-\d\d-\d\d\); give a date inside it"),
+     r"--folds-start 2030-01-01: lies outside the samples' period \(\d{4}-\d\d-\d\d \.\. 20\d\d-\d\d-\d\d\) or on its first "
+     r"day; give a date after the first day, up to the last"),
 ])
 def test_bad_options_are_one_line_exit_2_and_leave_no_run(extra, message, tmp_path, capsys):
     """Issue 14 (found by a new-user check): each bad option is one line naming it, exit 2, no MLflow run."""
@@ -385,6 +386,8 @@ def test_confirm_reports_the_stored_budget_and_refuses_unequal_ones(tmp_path, ca
     out = capsys.readouterr().out
     assert "the stored studies hold 2 trials per arm (this run's --trials: 1)" in out
     assert "Budget: 2 trials per arm" in out and "Budget: 1 trials" not in out
+    parent = _runs(tmp_path, "tiny_ablation").query("`tags.stage` == 'study'").iloc[0]  # the latest parent run
+    assert parent["params.budget.trials_per_arm"] == "2"
     # fresh-user finding: a confirm with a larger --trials queued a trial in every study before failing
     runs_before = len(_runs(tmp_path, "tiny_ablation"))
     capsys.readouterr()

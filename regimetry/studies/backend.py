@@ -629,17 +629,21 @@ def check_tuned(storage, ablation: Ablation, arms, storage_url: str) -> None:
         refuse_untuned(missing, f"in {redact_url(storage_url)}")
 
 
-def check_budgets(storage, ablation: Ablation, arms, stage: str, trials_per_arm: int) -> None:
+def check_budgets(storage, ablation: Ablation, arms, stage: str, trials_per_arm: int) -> int | None:
     """Before anything is written: ``--stage confirm`` does not tune, so a ``--trials`` above what the stored
     studies hold is refused (it used to queue trials in every study before failing); and the arms a
     confirmation compares must end up with equal budgets (``--stage all`` extends each study to ``--trials``,
     never shrinks one).
 
+    Returns:
+        The trials per arm every arm holds once this run's tuning is done (the budget the verdicts rest on,
+        which may exceed ``--trials``: a study is never shrunk), or None for ``--stage tune`` or no stored study.
+
     Raises:
         ValueError: naming the arms' stored budgets and the command that evens them.
     """
     if stage == "tune":  # arms may be extended one at a time (--arms), e.g. by several machines
-        return
+        return None
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     stored = {}
     for arm in arms:
@@ -647,7 +651,7 @@ def check_budgets(storage, ablation: Ablation, arms, stage: str, trials_per_arm:
             study = optuna.load_study(study_name=study_name(ablation, arm), storage=storage)
             stored[arm.name] = int(study.user_attrs.get(records.BUDGET_ATTR, 0))
     if not stored:
-        return
+        return None
     listed = ", ".join(f"{name} {total}" for name, total in stored.items())
     if stage == "confirm" and max(stored.values()) < trials_per_arm:
         raise ValueError(f"--trials {trials_per_arm}: the stored studies hold {listed} trials, and --stage confirm "
@@ -660,6 +664,7 @@ def check_budgets(storage, ablation: Ablation, arms, stage: str, trials_per_arm:
         raise ValueError(f"the arms' studies hold unequal tuning budgets ({listed} trials); the verdicts compare "
                          f"arms tuned with equal budgets. Run --stage tune --trials {max(after.values())} for every "
                          "arm (with the same other options) to even them, then --stage confirm")
+    return next(iter(after.values()))
 
 
 def tuning_finished(storage, ablation: Ablation, arms, trials_per_arm: int) -> bool:

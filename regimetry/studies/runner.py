@@ -63,11 +63,7 @@ def run_ablation(ablation: Ablation, options: RunOptions) -> dict[str, Any]:
             print(f"== {ablation.name}: browse the runs: {tracking.browse_hint(parent.experiment_id, tracking_uri)}",
                   flush=True)
             return {}
-        tuned = check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
-        if tuned != budget.trials_per_arm:  # an earlier --trials extended the studies: report what was tuned
-            print(f"== {ablation.name}: the stored studies hold {plural(tuned, 'trial')} per arm (this run's "
-                  f"--trials: {budget.trials_per_arm}); the summary reports {tuned}", flush=True)
-            ctx.budget = dataclasses.replace(ctx.budget, trials_per_arm=tuned)
+        check_budget_complete(backend.resolve_storage(storage_url), ctx, arm_list)
         print(f"== {ablation.name}: confirming best configurations ({plural(budget.folds, 'block')} x "
               f"{plural(budget.seeds, 'seed')})",
               flush=True)
@@ -124,7 +120,12 @@ def _validated(ablation: Ablation, options: RunOptions) -> tuple[Budget, DataCon
         print(f"== {ablation.name}: new Optuna storage {local_file.resolve()} (no such file before)", flush=True)
     if options.stage == "confirm":
         backend.check_tuned(backend.resolve_storage(storage_url), ablation, arm_list, storage_url)
-    backend.check_budgets(backend.resolve_storage(storage_url), ablation, arm_list, options.stage, budget.trials_per_arm)
+    tuned = backend.check_budgets(backend.resolve_storage(storage_url), ablation, arm_list, options.stage,
+                                  budget.trials_per_arm)
+    if tuned is not None and tuned != budget.trials_per_arm:  # logged and reported as what the arms were tuned with
+        print(f"== {ablation.name}: the stored studies hold {plural(tuned, 'trial')} per arm (this run's --trials: "
+              f"{budget.trials_per_arm}); the summary and the run's budget.trials_per_arm report {tuned}", flush=True)
+        budget = dataclasses.replace(budget, trials_per_arm=tuned)
     ended = tracking.end_orphaned_runs(ablation.name, tracking_uri=tracking_uri)
     if ended:
         print(f"== {ablation.name}: ended {len(ended)} MLflow run(s) KILLED whose process is gone", flush=True)
@@ -140,8 +141,11 @@ def _blocks(config: DataConfig, options: RunOptions, budget: Budget) -> list:
         try:
             return evaluation_blocks(config, options, budget)
         except FoldsStartOutsideData as exc:
+            # the first day itself leaves nothing before the test blocks to tune on (fresh-user finding: it was
+            # called "outside" a period that starts on it)
             raise ValueError(f"--folds-start {options.folds_start}: lies outside the samples' period ({exc.first} .. "
-                             f"{exc.last}); give a date inside it (or leave the option out)") from None
+                             f"{exc.last}) or on its first day; give a date after the first day, up to the last (or "
+                             "leave the option out)") from None
         except ValueError as exc:
             if not options.folds_start or not str(exc).startswith("fold 0:"):
                 raise
