@@ -51,7 +51,7 @@ OWNER_ATTR = records.OWNER_ATTR
 CREATOR_ATTR = records.CREATOR_ATTR
 
 __all__ = ["DEFAULT_STORAGE", "SMOKE_STORAGE", "TrialPruned", "check_storage", "resolve_storage", "ensure_study", "arm_study", "check_identity", "check_budgets", "refuse_untuned",
-           "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "Heartbeat",
+           "draw_configurations", "claim_waiting_trial", "recover_orphaned_trials", "budget_counts", "finished", "Heartbeat",
            "study_names", "study_trials_frame", "param_importances", "storage_file", "best_configurations"]
 
 
@@ -125,7 +125,8 @@ def resolve_storage(url: str | None, read_only: bool = False) -> optuna.storages
         _refuse_non_storage_for_readers(Path(path), shown, read_only)
         _make_parent(Path(path), shown)
         return optuna.storages.JournalStorage(JournalFileBackend(path))
-    engine_kwargs: dict[str, Any] = {"connect_args": connect_args(url)} if connect_args(url) else {}
+    timeout = connect_args(url)
+    engine_kwargs: dict[str, Any] = {"connect_args": timeout} if timeout else {}
     if url.startswith("sqlite:///"):
         db_path = storage_file(url)
         _refuse_non_storage_for_readers(db_path, shown, read_only, sqlite=True)
@@ -485,6 +486,11 @@ def recover_orphaned_trials(study: optuna.Study) -> list[int]:
     return recovered
 
 
+def finished(counts: dict[str, int]) -> int:
+    """Trials of a study's budget that are done, from :func:`budget_counts` (complete, pruned or failed)."""
+    return counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+
+
 def budget_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state, interrupted ones (replaced by a retry) counted apart."""
     counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0, "WAITING": 0, "INTERRUPTED": 0}
@@ -644,12 +650,8 @@ def check_budgets(storage, ablation: Ablation, arms, stage: str, trials_per_arm:
     """
     if stage == "tune":  # arms may be extended one at a time (--arms), e.g. by several machines
         return None
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    stored = {}
-    for arm in arms:
-        if study_name(ablation, arm) in existing:
-            study = optuna.load_study(study_name=study_name(ablation, arm), storage=storage)
-            stored[arm.name] = int(study.user_attrs.get(records.BUDGET_ATTR, 0))
+    stored = {name: int(study.user_attrs.get(records.BUDGET_ATTR, 0))
+              for name, study in _stored_studies(storage, ablation, arms).items()}
     if not stored:
         return None
     listed = ", ".join(f"{name} {total}" for name, total in stored.items())
@@ -670,17 +672,22 @@ def check_budgets(storage, ablation: Ablation, arms, stage: str, trials_per_arm:
 def tuning_finished(storage, ablation: Ablation, arms, trials_per_arm: int) -> bool:
     """Has every arm's stored study its whole budget (at least ``trials_per_arm``) finished, with no trial
     waiting or running? Then a ``--stage tune`` run has nothing to do (and opens no MLflow run)."""
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    for arm in arms:
-        if study_name(ablation, arm) not in existing:
-            return False
-        study = optuna.load_study(study_name=study_name(ablation, arm), storage=storage)
+    studies = _stored_studies(storage, ablation, arms)
+    if len(studies) < len(arms):
+        return False
+    for study in studies.values():
         counts = budget_counts(study)
         total = int(study.user_attrs.get(records.BUDGET_ATTR, 0))
-        if (total < trials_per_arm or counts["WAITING"] or counts["RUNNING"]
-                or counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"] < total):
+        if total < trials_per_arm or counts["WAITING"] or counts["RUNNING"] or finished(counts) < total:
             return False
     return True
+
+
+def _stored_studies(storage, ablation: Ablation, arms) -> dict[str, optuna.Study]:
+    """The arms' studies that exist in ``storage``, by arm name (loaded, none created)."""
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    return {arm.name: optuna.load_study(study_name=study_name(ablation, arm), storage=storage)
+            for arm in arms if study_name(ablation, arm) in existing}
 
 
 def refuse_untuned(arm_names: list[str], where: str) -> None:
@@ -759,8 +766,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 def progress(study: optuna.Study, default_total: int) -> tuple[int, int, float | None, Any]:
     """``(finished trials, budget, best value or None, start of the first trial or None)``."""
-    counts = budget_counts(study)
-    done = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"]
+    done = finished(budget_counts(study))
     try:
         best = study.best_value
     except ValueError:

@@ -104,7 +104,7 @@ def _arm_confirmation(ctx: WorkerContext, arm: Arm, best_configs: tuple, results
     """An arm's confirmation runs, pooled per block (seeds in order)."""
     study, best, model_cfg, train_cfg = best_configs
     counts = backend.budget_counts(study)
-    total = max(1, counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"])
+    total = max(1, backend.finished(counts))
     ys, probs, per_run = [], [], []
     for b in range(n_blocks):
         runs = sorted((r for r in results if r["arm"] == arm.name and r["fold"] == b), key=lambda r: r["seed"])

@@ -168,25 +168,19 @@ def _progress(study, arm: Arm, number: int, state: str, budget: Budget) -> None:
           f"{timing(elapsed, done, total)}", flush=True)
 
 
-def check_budget_complete(storage, ctx: WorkerContext, arm_list: Sequence[Arm]) -> int:
-    """Recover the trials of dead processes, then require every arm's budget to read n/n, the same n for
-    every arm (the protocol's equal tuning budgets).
-
-    Returns:
-        The stored budget, trials per arm: what the verdicts rest on, which a run's ``--trials`` may not
-        be (a study extended by an earlier ``--trials`` keeps its larger budget).
+def check_budget_complete(storage, ctx: WorkerContext, arm_list: Sequence[Arm]) -> None:
+    """Recover the trials of dead processes, then require every arm's budget to read n/n (that the arms'
+    budgets are equal was checked before the run: :func:`regimetry.studies.backend.check_budgets`).
 
     Raises:
-        BudgetIncomplete: naming each short arm with its WAITING and RUNNING counts, or the arms' unequal
-            budgets and how to even them.
+        BudgetIncomplete: naming each short arm with its WAITING and RUNNING counts.
     """
-    short, totals = [], {}
+    short = []
     for arm in arm_list:
         study = arm_study(storage, ctx, arm)
         backend.recover_orphaned_trials(study)
         counts: dict[str, Any] = backend.budget_counts(study)
-        done, total = counts["COMPLETE"] + counts["PRUNED"] + counts["FAIL"], int(study.user_attrs[records.BUDGET_ATTR])
-        totals[arm.name] = total
+        done, total = backend.finished(counts), int(study.user_attrs[records.BUDGET_ATTR])
         if done < total:
             short.append(f"{arm.name} {done}/{total} ({counts['RUNNING']} running, {counts['WAITING']} waiting)")
     if short:
@@ -195,10 +189,3 @@ def check_budget_complete(storage, ctx: WorkerContext, arm_list: Sequence[Arm]) 
             + ("Run --stage tune (or --stage all) with the same --storage to finish it"
                if ctx.options.stage == "confirm" else "Re-run the same command to finish it")
             + " (trials running in another live process finish there; then run --stage confirm)")
-    if len(set(totals.values())) > 1:
-        listed = ", ".join(f"{name} {total}" for name, total in totals.items())
-        raise BudgetIncomplete(
-            f"the arms' studies hold unequal tuning budgets ({listed} trials); the verdicts compare arms tuned "
-            f"with equal budgets. Run --stage tune --trials {max(totals.values())} for every arm (with the same "
-            "other options) to even them, then --stage confirm")
-    return next(iter(totals.values()))
